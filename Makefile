@@ -1,0 +1,56 @@
+# `make run` starts the local stack, `make test` runs the whole suite. Both install what they need.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: install run demo migrate worker test test-unit lint format clean
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(INSTALLED)
+
+install: $(INSTALLED)
+
+migrate: install
+	@mkdir -p var
+	$(BIN)/alembic upgrade head
+
+run: install
+	$(BIN)/python -m ops.local_stack
+
+demo: install
+	$(BIN)/order-saga demo
+
+worker: install
+	$(BIN)/python -m orchestrator.worker
+
+test: install
+	$(BIN)/pytest
+
+test-unit: install
+	$(BIN)/pytest -m unit
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+
+# Fault injection against the real processes (stops and restarts the local RabbitMQ): make faults ORDERS=1000
+ORDERS ?= 60
+.PHONY: faults bench
+faults: install
+	$(BIN)/python -m tests.faults.harness --orders $(ORDERS)
+
+# End-to-end benchmark: prints figures, writes results/bench-*.json and .png. BENCH_ARGS="--e2e-orders 600"
+bench: install
+	$(BIN)/python -m bench.e2e $(BENCH_ARGS)

@@ -1,0 +1,136 @@
+"""Payment steps: charge once, refund once, whatever the retries."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio import activity
+
+from activities.providers import ChargeRequest, PaymentGateway, RefundRequest
+from activities.records import business_failure, lock_order, transition
+from domain.errors import PaymentDeclined
+from domain.model import OrderStatus
+from infra import models
+from orchestrator.messages import OrderRef, StepOutcome
+
+CHARGE = "charge"
+REFUND = "refund"
+PENDING = "pending"
+SUCCEEDED = "succeeded"
+DECLINED = "declined"
+# A charge intent whose attempts all ended without the provider charging (found out when compensating).
+ABANDONED = "abandoned"
+
+
+def idempotency_key(order_id: str, kind: str) -> str:
+    """One key per order and step: a retried or duplicated call reuses it."""
+    return f"{order_id}:{kind}"
+
+
+class PaymentActivities:
+    def __init__(self, session_factory: async_sessionmaker[AsyncSession], gateway: PaymentGateway) -> None:
+        self._sessions = session_factory
+        self._gateway = gateway
+
+    @activity.defn(name="charge_payment")
+    async def charge_payment(self, order: OrderRef) -> StepOutcome:
+        key = idempotency_key(order.order_id, CHARGE)
+        # 1. Record the intent (pending) before calling out, so every attempt shares one row.
+        async with self._sessions() as session, session.begin():
+            record = await lock_order(session, order.order_id)
+            payment = await _payment_by_key(session, key)
+            if payment is not None and payment.status == SUCCEEDED:
+                return StepOutcome(order.order_id, changed=False, detail=payment.provider_reference or "")
+            if payment is not None and payment.status == DECLINED:
+                raise business_failure(PaymentDeclined(payment.failure_detail or "declined"))
+            if payment is None:
+                session.add(
+                    models.Payment(
+                        order_id=record.id,
+                        kind=CHARGE,
+                        idempotency_key=key,
+                        amount=record.total_amount,
+                        currency=record.currency,
+                        status=PENDING,
+                    )
+                )
+            request = ChargeRequest(key, record.total_amount, record.currency, record.payment_token)
+
+        # 2. Call the provider outside any transaction; it deduplicates by the same key.
+        try:
+            reference = await self._gateway.charge(request)
+        except PaymentDeclined as declined:
+            async with self._sessions() as session, session.begin():
+                payment = await _payment_by_key(session, key)
+                assert payment is not None
+                payment.status = DECLINED
+                payment.failure_detail = str(declined)
+            raise business_failure(declined) from declined
+
+        # 3. Record the success and move the order on, in one transaction.
+        async with self._sessions() as session, session.begin():
+            record = await lock_order(session, order.order_id)
+            payment = await _payment_by_key(session, key)
+            assert payment is not None
+            payment.status = SUCCEEDED
+            payment.provider_reference = reference
+            transition(session, record, OrderStatus.PAYMENT_CHARGED)
+        return StepOutcome(order.order_id, changed=True, detail=reference)
+
+    @activity.defn(name="refund_payment")
+    async def refund_payment(self, order: OrderRef) -> StepOutcome:
+        if not await self._settle_charge(order.order_id):
+            return StepOutcome(order.order_id, changed=False, detail="nothing charged")
+        key = idempotency_key(order.order_id, REFUND)
+        async with self._sessions() as session, session.begin():
+            await lock_order(session, order.order_id)
+            charge = await _payment_by_key(session, idempotency_key(order.order_id, CHARGE))
+            assert charge is not None and charge.status == SUCCEEDED
+            refund = await _payment_by_key(session, key)
+            if refund is not None and refund.status == SUCCEEDED:
+                return StepOutcome(order.order_id, changed=False, detail="already refunded")
+            if refund is None:
+                session.add(
+                    models.Payment(
+                        order_id=order.order_id,
+                        kind=REFUND,
+                        idempotency_key=key,
+                        amount=charge.amount,
+                        currency=charge.currency,
+                        status=PENDING,
+                    )
+                )
+            assert charge.provider_reference is not None
+            request = RefundRequest(key, charge.provider_reference, charge.amount, charge.currency)
+
+        reference = await self._gateway.refund(request)
+
+        async with self._sessions() as session, session.begin():
+            refund = await _payment_by_key(session, key)
+            assert refund is not None
+            refund.status = SUCCEEDED
+            refund.provider_reference = reference
+        return StepOutcome(order.order_id, changed=True, detail=reference)
+
+    async def _settle_charge(self, order_id: str) -> bool:
+        """Whether the order was charged. A charge still `pending` here means its attempts ended without
+        recording an outcome (a worker died mid-call, retries ran out): the provider, asked by the same
+        idempotency key, tells whether it charged, so a compensation never misses money it took."""
+        key = idempotency_key(order_id, CHARGE)
+        async with self._sessions() as session:
+            charge = await _payment_by_key(session, key)
+            if charge is None or charge.status != PENDING:
+                return charge is not None and charge.status == SUCCEEDED
+        reference = await self._gateway.find_charge(key)
+        async with self._sessions() as session, session.begin():
+            await lock_order(session, order_id)
+            charge = await _payment_by_key(session, key)
+            assert charge is not None
+            if charge.status == PENDING:
+                charge.status = SUCCEEDED if reference is not None else ABANDONED
+                charge.provider_reference = reference
+            return charge.status == SUCCEEDED
+
+
+async def _payment_by_key(session: AsyncSession, key: str) -> models.Payment | None:
+    return await session.scalar(select(models.Payment).where(models.Payment.idempotency_key == key))

@@ -1,0 +1,43 @@
+"""`python -m api`: serve the HTTP API with uvicorn on API_HOST:API_PORT (127.0.0.1:8000 by default)."""
+
+from __future__ import annotations
+
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+
+from api.app import create_app
+from api.security import uses_development_key
+from infra.settings import load_settings
+from observability import tracing
+from observability.logs import configure_logging
+
+
+def main() -> None:
+    try:
+        settings = load_settings()
+    except ValidationError as err:
+        print(f"api: refusing to start, the settings are not valid:\n{err}", file=sys.stderr)
+        raise SystemExit(2) from err
+    configure_logging(settings)
+    tracing.configure_tracing(settings, "api")
+    url = f"http://{settings.api_host}:{settings.api_port}"
+    print(f"Order API: {url}  (docs: {url}/docs)", flush=True)
+    if uses_development_key(settings):
+        print(f"Development API key (all scopes): {settings.DEVELOPMENT_API_KEY}", flush=True)
+    try:
+        uvicorn.run(
+            create_app(settings),
+            host=settings.api_host,
+            port=settings.api_port,
+            log_level=settings.log_level.lower(),
+            # Keep the process's logging (format, correlation ids): uvicorn's loggers go to the root.
+            log_config=None,
+        )
+    finally:
+        tracing.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Route dependencies, as `Annotated` aliases: resources, services, the caller and its scopes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from http import HTTPStatus
+from typing import Annotated, cast
+
+from fastapi import Depends, Header, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from api.catalog import Catalog
+from api.idempotency import IdempotencyKeys, InvalidKey, parse_key
+from api.order_service import OrderService, order_not_found
+from api.problems import ApiProblem, problem_type
+from api.read_models import ReadModels
+from api.resources import Resources
+from api.schemas import SKU_PATTERN
+from api.security import Principal, Scope
+from observability.logs import bind_log_context
+
+
+def _resources(request: Request) -> Resources:
+    return cast(Resources, request.app.state.resources)
+
+
+ResourcesDep = Annotated[Resources, Depends(_resources)]
+
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="An API key from the service's settings, as `Authorization: Bearer <key>`. Scopes: "
+    "`orders:write` (place, cancel), `orders:read` (follow, list, loyalty, notifications), "
+    "`admin` (products, stock, analytics).",
+)
+
+
+async def _caller(
+    resources: ResourcesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> Principal:
+    if credentials is None:
+        raise ApiProblem(
+            HTTPStatus.UNAUTHORIZED,
+            "send an API key as `Authorization: Bearer <key>`",
+            type_=problem_type("unauthenticated"),
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    principal = resources.key_ring.authenticate(credentials.credentials)
+    if principal is None:
+        raise ApiProblem(
+            HTTPStatus.UNAUTHORIZED,
+            "the API key is not valid",
+            type_=problem_type("unauthenticated"),
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
+    return principal
+
+
+def _requires(scope: Scope) -> Callable[[Principal], Principal]:
+    def check(principal: Annotated[Principal, Depends(_caller)]) -> Principal:
+        if scope not in principal.scopes:
+            raise ApiProblem(
+                HTTPStatus.FORBIDDEN,
+                f"this operation needs the `{scope}` scope",
+                type_=problem_type("insufficient-scope"),
+                headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'},
+            )
+        return principal
+
+    return check
+
+
+OrderWriter = Annotated[Principal, Depends(_requires(Scope.ORDERS_WRITE))]
+OrderReader = Annotated[Principal, Depends(_requires(Scope.ORDERS_READ))]
+Admin = Annotated[Principal, Depends(_requires(Scope.ADMIN))]
+
+
+def _order_service(resources: ResourcesDep) -> OrderService:
+    settings = resources.settings
+    keys = IdempotencyKeys(
+        resources.database.sessions, timedelta(seconds=settings.api_idempotency_lease_seconds)
+    )
+    return OrderService(resources.database.sessions, resources.temporal, settings.temporal_task_queue, keys)
+
+
+def _catalog(resources: ResourcesDep) -> Catalog:
+    return Catalog(resources.database.sessions)
+
+
+def _read_models(resources: ResourcesDep) -> ReadModels:
+    return ReadModels(resources.database.sessions)
+
+
+Orders = Annotated[OrderService, Depends(_order_service)]
+Products = Annotated[Catalog, Depends(_catalog)]
+ReadModelsDep = Annotated[ReadModels, Depends(_read_models)]
+
+
+def _idempotency_key(
+    # Read here to answer 400 when it is missing; documented on the route (required, with its pattern).
+    header: Annotated[str | None, Header(alias="Idempotency-Key", include_in_schema=False)] = None,
+) -> str:
+    try:
+        return parse_key(header)
+    except InvalidKey as err:
+        raise ApiProblem(
+            HTTPStatus.BAD_REQUEST, str(err), type_=problem_type("idempotency-key-invalid")
+        ) from err
+
+
+IdempotencyKey = Annotated[str, Depends(_idempotency_key)]
+
+
+async def _order_id(
+    order_id: Annotated[
+        str,
+        Path(
+            max_length=64,
+            description="The order's id (a UUID), as returned by `POST /orders`.",
+            examples=["0b7e7c0e-4f0d-4d43-9a43-3f1f3f6b8a10"],
+        ),
+    ],
+) -> str:
+    try:
+        canonical = str(uuid.UUID(order_id))
+    except ValueError as err:
+        # Not an id this API hands out, so certainly not a known order.
+        raise order_not_found(order_id) from err
+    # Async, so it runs in the request's own task: the request's log records carry the order id.
+    bind_log_context(order_id=canonical)
+    return canonical
+
+
+OrderId = Annotated[str, Depends(_order_id)]
+Sku = Annotated[
+    str, Path(pattern=SKU_PATTERN, max_length=64, description="The product's SKU.", examples=["SKU-A"])
+]

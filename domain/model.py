@@ -1,0 +1,146 @@
+"""Orders, their lines and money, and the order status machine."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from domain.errors import CurrencyMismatch, InvalidOrder, InvalidStatusTransition, UnknownProduct
+
+
+@dataclass(frozen=True, slots=True)
+class Money:
+    """An amount in integer minor units (cents) of an ISO 4217 currency."""
+
+    amount: int
+    currency: str
+
+    def __post_init__(self) -> None:
+        if len(self.currency) != 3 or not self.currency.isalpha() or not self.currency.isupper():
+            raise InvalidOrder(f"currency must be an ISO 4217 code, got {self.currency!r}")
+
+    def __add__(self, other: Money) -> Money:
+        if other.currency != self.currency:
+            raise CurrencyMismatch(f"cannot add {other.currency} to {self.currency}")
+        return Money(self.amount + other.amount, self.currency)
+
+    def times(self, quantity: int) -> Money:
+        return Money(self.amount * quantity, self.currency)
+
+
+class OrderStatus(StrEnum):
+    PLACED = "PLACED"
+    INVENTORY_RESERVED = "INVENTORY_RESERVED"
+    PAYMENT_CHARGED = "PAYMENT_CHARGED"
+    SHIPPED = "SHIPPED"
+    COMPENSATING = "COMPENSATING"
+    CANCELLED = "CANCELLED"
+    FAILED = "FAILED"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({OrderStatus.SHIPPED, OrderStatus.CANCELLED, OrderStatus.FAILED})
+
+_ALLOWED_TRANSITIONS: Mapping[OrderStatus, frozenset[OrderStatus]] = {
+    OrderStatus.PLACED: frozenset({OrderStatus.INVENTORY_RESERVED, OrderStatus.COMPENSATING}),
+    OrderStatus.INVENTORY_RESERVED: frozenset({OrderStatus.PAYMENT_CHARGED, OrderStatus.COMPENSATING}),
+    OrderStatus.PAYMENT_CHARGED: frozenset({OrderStatus.SHIPPED, OrderStatus.COMPENSATING}),
+    OrderStatus.COMPENSATING: frozenset({OrderStatus.CANCELLED, OrderStatus.FAILED}),
+    OrderStatus.SHIPPED: frozenset(),
+    OrderStatus.CANCELLED: frozenset(),
+    OrderStatus.FAILED: frozenset(),
+}
+
+
+def check_transition(current: OrderStatus, target: OrderStatus) -> bool:
+    """True when the order must move to `target`; False when it is already there (a retry).
+
+    Raises InvalidStatusTransition for a move the status machine forbids.
+    """
+    if current == target:
+        return False
+    if target not in _ALLOWED_TRANSITIONS[current]:
+        raise InvalidStatusTransition(f"order cannot go from {current} to {target}")
+    return True
+
+
+class FailureReason(StrEnum):
+    OUT_OF_STOCK = "OUT_OF_STOCK"
+    PAYMENT_DECLINED = "PAYMENT_DECLINED"
+    SHIPPING_UNAVAILABLE = "SHIPPING_UNAVAILABLE"
+    CUSTOMER_CANCELLED = "CUSTOMER_CANCELLED"
+    WORKFLOW_CANCELLED = "WORKFLOW_CANCELLED"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestedItem:
+    sku: str
+    quantity: int
+
+
+@dataclass(frozen=True, slots=True)
+class PricedLine:
+    sku: str
+    quantity: int
+    unit_price: Money
+
+    @property
+    def total(self) -> Money:
+        return self.unit_price.times(self.quantity)
+
+
+def price_order(
+    items: Iterable[RequestedItem], catalog_prices: Mapping[str, Money]
+) -> tuple[list[PricedLine], Money]:
+    """Price the requested items from the catalogue: one currency, no duplicate or unknown SKU."""
+    items = list(items)
+    if not items:
+        raise InvalidOrder("an order needs at least one item")
+    skus = [item.sku for item in items]
+    duplicates = sorted({sku for sku in skus if skus.count(sku) > 1})
+    if duplicates:
+        raise InvalidOrder("each SKU may appear once per order: " + ", ".join(duplicates))
+    unknown = [sku for sku in skus if sku not in catalog_prices]
+    if unknown:
+        raise UnknownProduct(unknown)
+    lines = []
+    for item in items:
+        if item.quantity < 1:
+            raise InvalidOrder(f"quantity of {item.sku} must be at least 1")
+        lines.append(PricedLine(item.sku, item.quantity, catalog_prices[item.sku]))
+    total = lines[0].total
+    for line in lines[1:]:
+        total = total + line.total
+    return lines, total
+
+
+def workflow_id_for(order_id: str) -> str:
+    """One saga per order: the workflow id is derived from the order id alone."""
+    return f"order-{order_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class ShippingAddress:
+    name: str
+    line1: str
+    city: str
+    postal_code: str
+    country: str  # ISO 3166-1 alpha-2
+    line2: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceOrder:
+    """The command to place an order; `order_id` is chosen by the caller (API) for idempotency."""
+
+    order_id: str
+    customer_id: str
+    customer_email: str
+    items: tuple[RequestedItem, ...]
+    payment_token: str
+    shipping_address: ShippingAddress

@@ -1,0 +1,1 @@
+"""Infrastructure shared by the worker, the API and the reactors: settings, database, composition root."""

@@ -1,0 +1,143 @@
+"""The service's one configuration object, read from the environment (and `.env`) and validated at start."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    env: Environment = Environment.DEVELOPMENT
+    log_level: str = "INFO"
+
+    # Embedded default: a SQLite file beside the checkout. PostgreSQL: postgresql+asyncpg://...
+    database_url: str = "sqlite+aiosqlite:///./var/orders.db"
+    database_echo: bool = False
+
+    temporal_address: str = "localhost:7233"
+    temporal_namespace: str = "default"
+    temporal_task_queue: str = "orders"
+
+    rabbitmq_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+
+    # Seconds in-flight activities may run on after a shutdown signal before they are cancelled.
+    worker_shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 10.0
+    # Artificial latency of the built-in simulated payment provider (demos, kill tests).
+    simulated_payment_latency_ms: Annotated[int, Field(ge=0, le=60_000)] = 0
+
+    # --- events: outbox relay, broker topology, reactors, SMTP
+    # Prefix of the exchange and queue names (tests use a unique one each for isolation).
+    broker_namespace: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=60)] = "orders"
+    # Upper bound of every single broker call (connect, declare, publish, ack, close).
+    broker_call_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+    # Longest pause between two reconnection attempts after the broker went away.
+    broker_reconnect_max_seconds: Annotated[float, Field(gt=0)] = 5.0
+    outbox_batch_size: Annotated[int, Field(ge=1, le=1_000)] = 100
+    # The relay wakes on PostgreSQL NOTIFY at once; this poll is only the safety net there.
+    outbox_poll_interval_seconds: Annotated[float, Field(gt=0)] = 2.0
+    # SQLite has no NOTIFY: a short poll of the pending-rows index keeps the publish lag small.
+    outbox_sqlite_poll_interval_seconds: Annotated[float, Field(gt=0)] = 0.1
+    reactor_prefetch: Annotated[int, Field(ge=1, le=1_000)] = 32
+    # Handler attempts (first try included) before a transiently failing message is dead-lettered.
+    reactor_max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
+    # Wait before retry n (the last value repeats); one TTL wait queue per value. JSON list in the env.
+    reactor_retry_delays_ms: Annotated[
+        list[Annotated[int, Field(ge=10, le=86_400_000)]], Field(min_length=1)
+    ] = [
+        1_000,
+        5_000,
+        30_000,
+    ]
+    # Quorum-queue x-delivery-limit: redeliveries (consumer crashes) before the broker dead-letters.
+    reactor_delivery_limit: Annotated[int, Field(ge=1, le=1_000)] = 20
+    reactor_shutdown_timeout_seconds: Annotated[float, Field(ge=0)] = 10.0
+    smtp_host: str = "127.0.0.1"
+    smtp_port: Annotated[int, Field(ge=1, le=65_535)] = 1025
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_start_tls: bool = False
+    smtp_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+    smtp_sender: str = "Order Saga <orders@example.com>"
+    # A mail claimed by one notifier is left alone by others this long (it is being sent).
+    notification_send_lease_seconds: Annotated[float, Field(gt=0)] = 60.0
+    # Where the local SMTP sink (`python -m reactors.notification.smtp_sink`) stores what it receives.
+    smtp_sink_maildir: str = "var/mail"
+
+    # --- api: HTTP server and API keys
+    # The documented key of the local stack; the service refuses to start with it when ENV=production.
+    DEVELOPMENT_API_KEY: ClassVar[str] = "dev-orders-api-key-not-for-production"
+    api_host: str = "127.0.0.1"
+    api_port: Annotated[int, Field(ge=1, le=65_535)] = 8000
+    # Bearer keys by principal, the caller's name (Idempotency-Keys are scoped to it). JSON in the env.
+    api_keys: dict[
+        Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,100}$")],
+        Annotated[SecretStr, Field(min_length=16, max_length=200)],
+    ] = {"local-developer": SecretStr(DEVELOPMENT_API_KEY)}
+    # What each principal of API_KEYS may do. JSON in the env.
+    api_key_scopes: dict[str, list[Literal["orders:read", "orders:write", "admin"]]] = {
+        "local-developer": ["orders:read", "orders:write", "admin"]
+    }
+    # A request that died mid-way keeps its Idempotency-Key busy this long; then a retry takes over.
+    api_idempotency_lease_seconds: Annotated[float, Field(gt=0, le=3_600)] = 30.0
+    # Upper bound of each /readyz check (database, Temporal, broker).
+    api_readiness_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0
+    # How long the API waits at start for a Temporal server that is still booting beside it.
+    api_temporal_connect_seconds: Annotated[float, Field(ge=0, le=600)] = 60.0
+
+    # --- observability: logs, traces, metrics
+    # `json`: one JSON object per line with order, workflow, event and trace ids where known.
+    log_format: Literal["text", "json"] = "text"
+    # Tracing is off unless an exporter is chosen. Not named OTEL_*: the Temporal dev server reads those
+    # from the same environment (make run) and refuses to start with OTEL_TRACES_EXPORTER=console.
+    tracing_exporter: Literal["none", "console", "otlp"] = "none"
+    # OTLP over HTTP, base URL: spans go to <endpoint>/v1/traces.
+    tracing_otlp_endpoint: str = "http://127.0.0.1:4318"
+    # Each process reports as <name>-<component> (order-saga-api, order-saga-worker, ...).
+    tracing_service_name: Annotated[str, Field(min_length=1, max_length=100)] = "order-saga"
+    # Prometheus /metrics of the worker, relay and reactors (the API serves GET /metrics); 0 = not served.
+    metrics_host: str = "127.0.0.1"
+    worker_metrics_port: Annotated[int, Field(ge=0, le=65_535)] = 9101
+    relay_metrics_port: Annotated[int, Field(ge=0, le=65_535)] = 9102
+    reactors_metrics_port: Annotated[int, Field(ge=0, le=65_535)] = 9103
+    # The Temporal SDK's own metrics (worker: task latencies, polls, failures), host:port; empty = off.
+    temporal_metrics_address: str = "127.0.0.1:9100"
+    # How often the relay counts pending outbox rows and each reactor reads its DLQ depth, for the gauges.
+    metrics_refresh_seconds: Annotated[float, Field(gt=0, le=3_600)] = 5.0
+
+    @model_validator(mode="after")
+    def _api_keys_usable(self) -> Settings:
+        if set(self.api_keys) != set(self.api_key_scopes):
+            raise ValueError("API_KEYS and API_KEY_SCOPES must name the same principals")
+        secrets = [key.get_secret_value() for key in self.api_keys.values()]
+        if len(set(secrets)) != len(secrets):
+            raise ValueError("every principal in API_KEYS needs a key of its own")
+        if self.env == Environment.PRODUCTION and self.DEVELOPMENT_API_KEY in secrets:
+            raise ValueError("ENV=production refuses the documented development API key: configure API_KEYS")
+        return self
+
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, url: str) -> str:
+        if not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("DATABASE_URL must use sqlite+aiosqlite:// or postgresql+asyncpg://, got " + url)
+        return url
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate the settings; overrides win over the environment (tests, CLI flags)."""
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""Operator tooling: the local stack launcher and the ops CLI."""

@@ -1,0 +1,184 @@
+"""`order-saga`: the operator's command line.
+
+order-saga orders place --item SKU-A:2 --token tok_ok --country DE
+order-saga orders show ORDER_ID | orders list [--status S] | orders cancel ORDER_ID
+order-saga dlq list REACTOR | dlq redrive REACTOR [IDS...] [--all]
+order-saga outbox status
+order-saga demo
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from infra.bootstrap import open_database
+from infra.settings import load_settings
+from observability.cli import asyncapi_command, timeline_command
+from ops import demo
+from ops.api_client import ApiError, OrdersApi
+from ops.outbox_status import OutboxStatus, outbox_status
+from reactors import dlq
+
+# Wide enough for full order ids when the output is piped (rich assumes 80 columns then).
+console = Console(width=max(Console().width, 120))
+app = typer.Typer(help="Operate the order saga service.", no_args_is_help=True)
+orders_app = typer.Typer(help="Place, follow and cancel orders (through the HTTP API).", no_args_is_help=True)
+outbox_app = typer.Typer(help="The transactional outbox.", no_args_is_help=True)
+app.add_typer(orders_app, name="orders")
+app.add_typer(dlq.app, name="dlq", help="Dead letters of a reactor: list and redrive.")
+app.add_typer(outbox_app, name="outbox")
+app.command("timeline")(timeline_command)
+app.command("asyncapi")(asyncapi_command)
+
+ApiUrl = Annotated[str | None, typer.Option(help="Base URL of the API (default: API_HOST:API_PORT).")]
+ApiKey = Annotated[str | None, typer.Option(help="Bearer key (default: the development key).")]
+
+
+@contextmanager
+def _api(api_url: str | None, api_key: str | None) -> Iterator[OrdersApi]:
+    try:
+        with OrdersApi.from_settings(load_settings(), api_url, api_key) as api:
+            yield api
+    except ApiError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(1) from err
+
+
+def _parse_item(text: str) -> dict[str, Any]:
+    sku, _, quantity = text.partition(":")
+    if not sku or not quantity.isdigit():
+        raise typer.BadParameter(f"expected SKU:QUANTITY, got {text!r}")
+    return {"sku": sku, "quantity": int(quantity)}
+
+
+@orders_app.command("place")
+def place(
+    item: Annotated[list[str], typer.Option(help="SKU:QUANTITY, repeatable.")],
+    customer_id: str = "cust-cli",
+    email: str = "customer@example.com",
+    token: Annotated[str, typer.Option(help="tok_ok, tok_declined or tok_flaky.")] = "tok_ok",
+    country: Annotated[str, typer.Option(help="ISO 3166 alpha-2; ZZ cannot be shipped to.")] = "DE",
+    idempotency_key: Annotated[str | None, typer.Option(help="Default: a new random key.")] = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Place an order; prints its id."""
+    order = {
+        "customer": {"id": customer_id, "email": email},
+        "items": [_parse_item(text) for text in item],
+        "payment_token": token,
+        "shipping_address": {
+            "name": "Ada Lovelace",
+            "line1": "1 Analytical Way",
+            "city": "Berlin",
+            "postal_code": "10115",
+            "country": country,
+        },
+    }
+    with _api(api_url, api_key) as api:
+        accepted = api.place_order(order, idempotency_key)
+    console.print(f"order [bold]{accepted['order_id']}[/bold] accepted: {accepted['status']}")
+
+
+@orders_app.command("show")
+def show(order_id: str, api_url: ApiUrl = None, api_key: ApiKey = None) -> None:
+    """An order: status, lines, payments, shipment and status history."""
+    with _api(api_url, api_key) as api:
+        order = api.order(order_id)
+    console.print(f"[bold]{order['order_id']}[/bold]  {order['status']}  {_money(order)}")
+    if order.get("failure"):
+        console.print(f"failure: {order['failure']}")
+    lines = Table("sku", "quantity", "unit price", "total", title="lines")
+    for line in order["lines"]:
+        lines.add_row(line["sku"], str(line["quantity"]), str(line["unit_price"]), str(line["line_total"]))
+    history = Table("at", "status", "reason", title="status history")
+    for change in order["status_history"]:
+        history.add_row(change["at"], change["status"], change.get("reason") or "")
+    console.print(lines, history)
+    for payment in order.get("payments", []):
+        console.print(f"payment: {payment}")
+    if order.get("shipment"):
+        console.print(f"shipment: {order['shipment']}")
+
+
+@orders_app.command("list")
+def list_orders(
+    status: str | None = None,
+    customer_id: str | None = None,
+    limit: int = 20,
+    cursor: str | None = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Orders, newest first; pass --cursor to page on."""
+    with _api(api_url, api_key) as api:
+        page = api.orders(status=status, customer_id=customer_id, limit=limit, cursor=cursor)
+    table = Table("order", "customer", "status", "total", "created")
+    for order in page["items"]:
+        table.add_row(
+            order["order_id"], order["customer_id"], order["status"], _money(order), order["created_at"]
+        )
+    console.print(table)
+    if page.get("next_cursor"):
+        console.print(f"next page: --cursor {page['next_cursor']}")
+
+
+@orders_app.command("cancel")
+def cancel(
+    order_id: str,
+    reason: str = "cancelled by an operator",
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Ask the saga to cancel; refused once shipping has started."""
+    with _api(api_url, api_key) as api:
+        outcome = api.cancel(order_id, reason)
+    console.print(f"cancel accepted: {outcome}")
+
+
+@outbox_app.command("status")
+def status() -> None:
+    """Pending and published events, the oldest pending one and the latest publish errors."""
+    report = asyncio.run(_outbox_status())
+    table = Table("status", "events")
+    for name, count in sorted(report.counts.items()):
+        table.add_row(name, str(count))
+    console.print(table)
+    age = report.oldest_pending_age_seconds
+    console.print(f"oldest pending: {'none' if age is None else f'{age:.1f}s old'}")
+    for failing in report.failing:
+        console.print(
+            f"[yellow]{failing.event_id}[/yellow] attempts={failing.attempts}: {failing.last_error}"
+        )
+
+
+async def _outbox_status() -> OutboxStatus:
+    database = open_database(load_settings())
+    try:
+        async with database.sessions() as session:
+            return await outbox_status(session)
+    finally:
+        await database.dispose()
+
+
+@app.command("demo")
+def run_demo(api_url: ApiUrl = None, api_key: ApiKey = None) -> None:
+    """Seed a catalogue, place an order down every path, show outcomes and the reactors' effects."""
+    with _api(api_url, api_key) as api:
+        demo.run(api, console)
+
+
+def _money(order: dict[str, Any]) -> str:
+    amount = order.get("total_amount", order.get("total", 0))
+    return f"{int(amount) / 100:.2f} {order.get('currency', '')}"
+
+
+if __name__ == "__main__":
+    app()

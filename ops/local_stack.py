@@ -1,0 +1,94 @@
+"""`make run`: check the broker, migrate, print where everything is, then hand over to honcho.
+
+honcho (Procfile) runs each component with prefixed logs and stops them all on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from alembic import command
+from alembic.config import Config
+
+from infra.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+BROKER_START_WAIT_SECONDS = 90
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def ensure_broker(settings: Settings) -> None:
+    """Start an installed but stopped local RabbitMQ; otherwise explain how to get one."""
+    url = urlsplit(settings.rabbitmq_url)
+    host, port = url.hostname or "127.0.0.1", url.port or 5672
+    if _reachable(host, port):
+        return
+    server = shutil.which("rabbitmq-server") or shutil.which("rabbitmq-server", path="/usr/sbin")
+    if host not in ("127.0.0.1", "localhost", "::1") or server is None:
+        sys.exit(
+            f"RabbitMQ is not reachable at {host}:{port}.\n"
+            "Install it (Debian/Ubuntu: `sudo apt-get install rabbitmq-server`), start one with\n"
+            "`docker run -d -p 5672:5672 -p 15672:15672 rabbitmq:4.1-management`,\n"
+            "or point RABBITMQ_URL at a running broker."
+        )
+    print(f"RabbitMQ is installed but not running: starting it ({server} -detached)", flush=True)
+    subprocess.run([server, "-detached"], check=True)
+    deadline = time.monotonic() + BROKER_START_WAIT_SECONDS
+    while not _reachable(host, port):
+        if time.monotonic() > deadline:
+            sys.exit(f"RabbitMQ did not come up on {host}:{port} within {BROKER_START_WAIT_SECONDS}s")
+        time.sleep(1)
+
+
+def migrate(settings: Settings) -> None:
+    if settings.is_sqlite:
+        (ROOT / "var").mkdir(exist_ok=True)
+    config = Config(str(ROOT / "alembic.ini"))
+    config.attributes["database_url"] = settings.database_url
+    command.upgrade(config, "head")
+
+
+def banner(settings: Settings) -> str:
+    api = f"http://{settings.api_host}:{settings.api_port}"
+    broker = urlsplit(settings.rabbitmq_url)
+    lines = [
+        "",
+        "Order saga: local stack",
+        f"  API              {api}   (OpenAPI docs: {api}/docs)",
+        "  Temporal Web UI  http://127.0.0.1:8233",
+        f"  Database         {settings.database_url}",
+        f"  RabbitMQ         {broker.hostname}:{broker.port or 5672}",
+        f"  Mail sink        {settings.smtp_host}:{settings.smtp_port} -> {settings.smtp_sink_maildir}",
+    ]
+    if any(key.get_secret_value() == Settings.DEVELOPMENT_API_KEY for key in settings.api_keys.values()):
+        lines.append(f"  Development key  Authorization: Bearer {Settings.DEVELOPMENT_API_KEY}")
+    lines += ["  Ctrl-C stops everything.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    settings = load_settings()
+    ensure_broker(settings)
+    migrate(settings)
+    print(banner(settings), flush=True)
+    honcho = Path(sys.executable).with_name("honcho")
+    os.chdir(ROOT)
+    os.execv(honcho, [str(honcho), "start", "-f", "Procfile"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""The analytics reactor: daily sales per SKU and daily counts of orders shipped and cancelled.
+
+Days are UTC days of the event's own time (shipped_at, cancelled_at), not of its processing, so a late or
+retried event still lands on the right day.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from contracts.envelope import ReceivedEvent
+from contracts.orders import ORDER_CANCELLED_V1, ORDER_SHIPPED_V1, OrderCancelledV1, OrderShippedV1
+from reactors.analytics.models import DailyOrderCounts, DailySkuSales
+from reactors.base import Reactor, unsupported
+from reactors.sql import add_to_counters
+
+NAME = "analytics"
+
+
+async def apply(event: ReceivedEvent, session: AsyncSession) -> None:
+    match event.data:
+        case OrderShippedV1() as shipped:
+            day = shipped.shipped_at.astimezone(UTC).date()
+            for line in shipped.lines:
+                await add_to_counters(
+                    session,
+                    DailySkuSales,
+                    key={"day": day, "sku": line.sku, "currency": shipped.currency},
+                    increments={"units": line.quantity, "revenue": line.line_total},
+                )
+            await add_to_counters(
+                session,
+                DailyOrderCounts,
+                key={"day": day},
+                increments={"orders_shipped": 1, "orders_cancelled": 0},
+            )
+        case OrderCancelledV1() as cancelled:
+            day = cancelled.cancelled_at.astimezone(UTC).date()
+            await add_to_counters(
+                session,
+                DailyOrderCounts,
+                key={"day": day},
+                increments={"orders_shipped": 0, "orders_cancelled": 1},
+            )
+        case _:
+            raise unsupported(NAME, event)
+
+
+REACTOR = Reactor(
+    name=NAME, routing_keys=(ORDER_SHIPPED_V1.routing_key, ORDER_CANCELLED_V1.routing_key), apply=apply
+)

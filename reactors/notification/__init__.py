@@ -1,0 +1,1 @@
+"""Notification: one mail to the customer per order event (shipped: tracking number; cancelled: reason)."""

@@ -1,0 +1,51 @@
+"""Run the reactors: `python -m reactors.run` (all registered) or `python -m reactors.run loyalty analytics`.
+
+Each reactor gets its own runtime, with its own broker connections. SIGINT/SIGTERM shut them down gracefully.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from infra.bootstrap import open_database, reactor_runtimes
+from infra.process import run_until_signalled
+from infra.settings import Settings, load_settings
+from observability import tracing
+from observability.catalog import check_acyclic
+from reactors.base import Reactor
+from reactors.registry import REACTORS, reactor_named
+
+log = logging.getLogger("reactors.run")
+
+
+async def run_reactors(settings: Settings, reactors: Sequence[Reactor], stop: asyncio.Event) -> None:
+    # A reactor that would feed its own input, directly or through others, never starts.
+    check_acyclic({reactor.name: reactor for reactor in (*REACTORS, *reactors)}.values())
+    database = open_database(settings)
+    # The reactors' SQL runs inside their consumer spans: one span per statement.
+    tracing.instrument_engine(database.engine)
+    runtimes = reactor_runtimes(settings, database, reactors)
+    try:
+        log.info("starting reactors: %s", ", ".join(r.name for r in reactors))
+        await asyncio.gather(*(runtime.run(stop) for runtime in runtimes))
+    finally:
+        await database.dispose()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    names = list(sys.argv[1:] if argv is None else argv)
+    reactors = [reactor_named(name) for name in names] if names else list(REACTORS)
+    settings = load_settings()
+    run_until_signalled(
+        settings,
+        "reactors",
+        lambda stop: run_reactors(settings, reactors, stop),
+        metrics_port=settings.reactors_metrics_port,
+    )
+
+
+if __name__ == "__main__":
+    main()

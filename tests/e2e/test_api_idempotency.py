@@ -1,0 +1,207 @@
+"""POST /orders and its Idempotency-Key, after the IETF draft: one order and one saga per key."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select, text
+
+from api.idempotency import request_fingerprint
+from api.order_service import to_command
+from api.schemas import PlaceOrderIn
+from infra import models
+from orchestrator.client import create_order
+from tests.e2e.conftest import ApiHarness, auth, order_body
+
+pytestmark = pytest.mark.e2e
+
+PROBLEM = "application/problem+json"
+
+
+async def order_count(api: ApiHarness) -> int:
+    async with api.database.sessions() as session:
+        return int(await session.scalar(select(func.count()).select_from(models.Order)) or 0)
+
+
+async def workflow_ids(api: ApiHarness) -> list[str]:
+    query = f"TaskQueue = '{api.settings.temporal_task_queue}'"
+    return [execution.id async for execution in api.temporal_env.client.list_workflows(query)]
+
+
+async def wait_for_workflow_ids(api: ApiHarness, expected: list[str]) -> None:
+    """Temporal's visibility store is eventually consistent: wait until it lists `expected`."""
+    async with asyncio.timeout(10):
+        while True:
+            if sorted(await workflow_ids(api)) == sorted(expected):
+                return
+            await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite", "postgresql"])
+async def test_same_key_and_body_give_the_same_order_and_one_saga(api: ApiHarness) -> None:
+    await api.add_product("SKU-A", stock=10)
+    body = order_body({"SKU-A": 1})
+
+    first = await api.place(body, key="key-1")
+    # The same body in another layout (key order, whitespace) is the same request.
+    reordered = json.dumps(dict(reversed(list(body.items()))), indent=2)
+    headers = {**auth("shop"), "Idempotency-Key": '"key-1"', "Content-Type": "application/json"}
+    second = await api.http.post("/orders", content=reordered, headers=headers)
+
+    assert first.status_code == second.status_code == 202, (first.text, second.text)
+    order_id = first.json()["order_id"]
+    assert second.json()["order_id"] == order_id
+    assert first.headers["Location"] == second.headers["Location"] == f"/orders/{order_id}"
+    assert "Idempotent-Replayed" not in first.headers
+    assert second.headers["Idempotent-Replayed"] == "true"
+    assert (await api.wait_for(order_id))["status"] == "SHIPPED"
+    assert await order_count(api) == 1
+    assert list(api.gateway.charges) == [f"{order_id}:charge"]
+    await wait_for_workflow_ids(api, [f"order-{order_id}"])
+
+    third = await api.place(body, key="key-1")
+    assert third.json() == {"order_id": order_id, "status": "SHIPPED", "href": f"/orders/{order_id}"}
+
+
+async def test_same_key_with_another_body_is_refused(api: ApiHarness) -> None:
+    await api.add_product("SKU-A", stock=10)
+    assert (await api.place(order_body({"SKU-A": 1}), key="key-1")).status_code == 202
+
+    response = await api.place(order_body({"SKU-A": 2}), key="key-1")
+
+    assert response.status_code == 422
+    assert response.headers["Content-Type"] == PROBLEM
+    assert response.json()["type"] == "urn:order-saga:problem:idempotency-key-reused"
+    assert await order_count(api) == 1
+
+
+async def test_keys_belong_to_their_principal(api: ApiHarness) -> None:
+    await api.add_product("SKU-A", stock=10)
+    body = order_body({"SKU-A": 1})
+
+    mine = await api.place(body, key="shared-key", principal="shop")
+    theirs = await api.place(body, key="shared-key", principal="other-shop")
+
+    assert mine.status_code == theirs.status_code == 202
+    assert mine.json()["order_id"] != theirs.json()["order_id"]
+
+
+async def test_a_missing_or_malformed_key_is_a_bad_request(api: ApiHarness) -> None:
+    body = order_body({"SKU-A": 1})
+    missing = await api.http.post("/orders", json=body, headers=auth("shop"))
+    too_long = await api.place(body, key="k" * 256)
+    with_space = await api.place(body, key="two words")
+
+    for response in (missing, too_long, with_space):
+        assert response.status_code == 400, response.text
+        assert response.headers["Content-Type"] == PROBLEM
+        assert response.json()["type"] == "urn:order-saga:problem:idempotency-key-invalid"
+    assert "required" in missing.json()["detail"]
+
+
+async def test_a_key_still_in_flight_is_a_conflict(api: ApiHarness) -> None:
+    """Hold the first request inside its order insert with a row lock; the same key meanwhile is 409."""
+    await api.add_product("SKU-A", stock=10)
+    body = order_body({"SKU-A": 1})
+
+    async with api.database.engine.connect() as blocker:
+        # Inserting the order's line needs a key-share lock on its product row: FOR UPDATE holds it off.
+        await blocker.execute(text("SELECT sku FROM products WHERE sku = 'SKU-A' FOR UPDATE"))
+        first = asyncio.create_task(api.place(body, key="slow-key"))
+        await wait_for_key_state(api, "shop", "slow-key", "in_flight")
+        await wait_until_blocked_on_a_lock(api)
+
+        concurrent = await api.place(body, key="slow-key")
+
+        assert not first.done()
+        await blocker.rollback()
+
+    assert concurrent.status_code == 409, concurrent.text
+    assert concurrent.headers["Content-Type"] == PROBLEM
+    assert concurrent.headers["Retry-After"] == "1"
+    assert concurrent.json()["type"] == "urn:order-saga:problem:idempotency-key-in-flight"
+    placed = await first
+    assert placed.status_code == 202, placed.text
+    again = await api.place(body, key="slow-key")
+    assert again.status_code == 202
+    assert again.json()["order_id"] == placed.json()["order_id"]
+    assert await order_count(api) == 1
+
+
+async def test_a_retry_after_a_crash_finishes_the_recorded_order(api: ApiHarness) -> None:
+    """The request died after recording the order, before starting its saga; the retry starts it."""
+    await api.add_product("SKU-A", stock=10)
+    body = order_body({"SKU-A": 1})
+    request = PlaceOrderIn.model_validate(body)
+    order_id = str(uuid.uuid4())
+    await create_order(api.database.sessions, to_command(order_id, request))
+    crashed_at = models.utcnow() - timedelta(seconds=api.settings.api_idempotency_lease_seconds + 1)
+    async with api.database.sessions() as session, session.begin():
+        session.add(
+            models.IdempotencyKey(
+                principal="shop",
+                key="crashed-key",
+                request_hash=request_fingerprint(request),
+                order_id=order_id,
+                state="in_flight",
+                created_at=crashed_at,
+                updated_at=crashed_at,
+            )
+        )
+
+    retry = await api.place(body, key="crashed-key")
+
+    assert retry.status_code == 202, retry.text
+    assert retry.json()["order_id"] == order_id
+    assert (await api.wait_for(order_id))["status"] == "SHIPPED"
+    assert await order_count(api) == 1
+    await wait_for_key_state(api, "shop", "crashed-key", "completed")
+
+
+async def test_an_unknown_sku_is_refused_and_starts_nothing(api: ApiHarness) -> None:
+    await api.add_product("SKU-A", stock=10)
+
+    refused = await api.place(order_body({"SKU-A": 1, "SKU-NOPE": 1}), key="key-1")
+
+    assert refused.status_code == 422, refused.text
+    assert refused.headers["Content-Type"] == PROBLEM
+    problem = refused.json()
+    assert problem["type"] == "urn:order-saga:problem:unknown-product"
+    assert [(error["pointer"], error["code"]) for error in problem["errors"]] == [
+        ("/items/1/sku", "unknown_product")
+    ]
+    assert await order_count(api) == 0
+
+    # Nothing was recorded, so the key is free for the corrected order, the only saga started.
+    corrected = await api.place(order_body({"SKU-A": 1}), key="key-1")
+    assert corrected.status_code == 202, corrected.text
+    await wait_for_workflow_ids(api, [f"order-{corrected.json()['order_id']}"])
+
+
+async def wait_for_key_state(api: ApiHarness, principal: str, key: str, state: str) -> None:
+    async with asyncio.timeout(10):
+        while True:
+            async with api.database.sessions() as session:
+                row = await session.get(models.IdempotencyKey, (principal, key))
+                if row is not None and row.state == state:
+                    return
+            await asyncio.sleep(0.02)
+
+
+async def wait_until_blocked_on_a_lock(api: ApiHarness) -> None:
+    async with asyncio.timeout(10):
+        while True:
+            async with api.database.engine.connect() as connection:
+                waiting = await connection.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                    )
+                )
+            if waiting:
+                return
+            await asyncio.sleep(0.02)

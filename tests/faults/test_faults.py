@@ -1,0 +1,109 @@
+"""The fault-injection harness, bounded for CI, and the checker's own ability to fail.
+
+`pytest -m faults` runs about 60 orders through the real processes while the worker, the reactors, the relay
+and RabbitMQ are killed or stopped, then holds the system to its invariants (about a minute here).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+
+from contracts.envelope import CloudEvent
+from infra import models
+from infra.bootstrap import Database
+from infra.settings import Settings
+from messaging.models import PUBLISHED, OutboxEvent
+from messaging.outbox import add_to_outbox
+from reactors.models import InboxMessage
+from tests.faults.harness import FaultPlan, run_faults
+from tests.faults.invariants import (
+    Expectations,
+    money_conserved,
+    outbox_drained,
+    reactors_applied_each_event_once,
+    stock_conserved,
+)
+from tests.integration.event_helpers import shipped_event
+from tests.support import add_product, order_command
+
+CI_ORDERS = 60
+
+
+@pytest.mark.faults
+@pytest.mark.slow
+async def test_every_invariant_holds_under_faults(tmp_path: Path) -> None:
+    report = await run_faults(FaultPlan.for_orders(CI_ORDERS), tmp_path)
+    print(report.render())
+    assert report.faults_complete, report.render()
+    assert report.ok, report.render() + f"\nlogs: {tmp_path}/logs"
+
+
+@pytest.fixture
+def db_backend() -> str:
+    return "postgresql"
+
+
+@pytest.mark.integration
+async def test_the_checker_flags_broken_records(database: tuple[Settings, Database], tmp_path: Path) -> None:
+    """Without this, an invariant that cannot fail would pass the harness silently."""
+    _, db = database
+    await add_product(db.sessions, "SKU-A", on_hand=10)
+    order = order_command(items={"SKU-A": 1})
+    event: CloudEvent = shipped_event(order_id=order.order_id)
+    async with db.sessions() as session, session.begin():
+        session.add(
+            models.Order(
+                id=order.order_id,
+                workflow_id="order-" + order.order_id,
+                customer_id="cust-1",
+                customer_email="cust-1@example.com",
+                currency="EUR",
+                total_amount=1_250,
+                payment_token="tok_ok",
+                shipping_address={},
+                status="SHIPPED",
+                lines=[
+                    models.OrderLine(line_no=1, sku="SKU-A", quantity=1, unit_price=1_250, line_total=1_250)
+                ],
+            )
+        )
+        # Charged but stock never moved, and the event reached one reactor only.
+        session.add(
+            models.Payment(
+                order_id=order.order_id,
+                kind="charge",
+                idempotency_key="k",
+                amount=1_000,
+                currency="EUR",
+                status="succeeded",
+            )
+        )
+        await add_to_outbox(session, event)
+        session.add(
+            InboxMessage(
+                consumer="loyalty",
+                message_id=event.id,
+                event_type=event.type,
+                subject=order.order_id,
+                processed_at=datetime.now(UTC),
+            )
+        )
+    (tmp_path / "mail").mkdir()
+    for sub in ("cur", "new", "tmp"):
+        (tmp_path / "mail" / sub).mkdir()
+    expect = Expectations(outcomes={}, initial_stock={"SKU-A": 10})
+
+    async with db.sessions() as session:
+        assert not (await stock_conserved(session, expect)).held
+        assert not (await money_conserved(session)).held
+        assert not (await reactors_applied_each_event_once(session, tmp_path / "mail")).held
+        assert not (await outbox_drained(session, {})).held  # the row is still pending
+    async with db.sessions() as session, session.begin():
+        await session.execute(update(OutboxEvent).values(status=PUBLISHED))
+    async with db.sessions() as session:
+        assert (await outbox_drained(session, {})).held
+        assert not (await outbox_drained(session, {"ns.loyalty": 2})).held

@@ -1,0 +1,75 @@
+"""Refunding an order whose charge outcome was never recorded: the provider is asked, by idempotency key."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from activities.payments import PaymentActivities, idempotency_key
+from activities.providers import ChargeRequest, SimulatedPaymentGateway
+from infra import models
+from infra.bootstrap import Database
+from infra.settings import Settings
+from orchestrator.client import create_order
+from orchestrator.messages import OrderRef
+from tests.support import add_product, order_command
+
+pytestmark = pytest.mark.integration
+
+
+async def _order_with_pending_charge(db: Database) -> str:
+    await add_product(db.sessions, "SKU-A", on_hand=5)
+    command = order_command(items={"SKU-A": 2})
+    await create_order(db.sessions, command)
+    async with db.sessions() as session, session.begin():
+        session.add(
+            models.Payment(
+                order_id=command.order_id,
+                kind="charge",
+                idempotency_key=idempotency_key(command.order_id, "charge"),
+                amount=2_500,
+                currency="EUR",
+                status="pending",
+            )
+        )
+    return command.order_id
+
+
+async def _payments(db: Database, order_id: str) -> list[tuple[str, str]]:
+    async with db.sessions() as session:
+        rows = (
+            await session.scalars(select(models.Payment).where(models.Payment.order_id == order_id))
+        ).all()
+    return sorted((row.kind, row.status) for row in rows)
+
+
+async def test_a_charge_the_provider_made_is_recorded_then_refunded(
+    database: tuple[Settings, Database],
+) -> None:
+    _, db = database
+    order_id = await _order_with_pending_charge(db)
+    gateway = SimulatedPaymentGateway()
+    # The provider charged, but the worker died before recording it and the retries ran out.
+    await gateway.charge(ChargeRequest(idempotency_key(order_id, "charge"), 2_500, "EUR", "tok_ok"))
+
+    outcome = await PaymentActivities(db.sessions, gateway).refund_payment(OrderRef(order_id))
+
+    assert outcome.changed
+    assert await _payments(db, order_id) == [("charge", "succeeded"), ("refund", "succeeded")]
+    assert list(gateway.refunds) == [idempotency_key(order_id, "refund")]
+
+
+async def test_a_charge_the_provider_never_made_is_abandoned_and_nothing_refunded(
+    database: tuple[Settings, Database],
+) -> None:
+    _, db = database
+    order_id = await _order_with_pending_charge(db)
+    gateway = SimulatedPaymentGateway()
+
+    activities = PaymentActivities(db.sessions, gateway)
+    first = await activities.refund_payment(OrderRef(order_id))
+    again = await activities.refund_payment(OrderRef(order_id))
+
+    assert not first.changed and not again.changed
+    assert await _payments(db, order_id) == [("charge", "abandoned")]
+    assert gateway.refunds == {}
