@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.providers import ChargeRequest, PaymentGateway, RefundRequest
 from activities.records import business_failure, lock_order, transition
@@ -19,6 +20,7 @@ PENDING = "pending"
 SUCCEEDED = "succeeded"
 DECLINED = "declined"
 # A charge intent whose attempts all ended without the provider charging (found out when compensating).
+# An attempt that hung past its timeout and charged afterwards turns it back to succeeded and refunds it.
 ABANDONED = "abandoned"
 
 
@@ -67,15 +69,30 @@ class PaymentActivities:
                 payment.failure_detail = str(declined)
             raise business_failure(declined) from declined
 
-        # 3. Record the success and move the order on, in one transaction.
+        # 3. Record the success and move the order on, in one transaction. The money is recorded whatever
+        # the order's state, so that a compensation can always see and refund it.
         async with self._sessions() as session, session.begin():
             record = await lock_order(session, order.order_id)
             payment = await _payment_by_key(session, key)
             assert payment is not None
+            compensated_already = payment.status == ABANDONED
             payment.status = SUCCEEDED
             payment.provider_reference = reference
-            transition(session, record, OrderStatus.PAYMENT_CHARGED)
-        return StepOutcome(order.order_id, changed=True, detail=reference)
+            in_progress = record.status in (OrderStatus.INVENTORY_RESERVED, OrderStatus.PAYMENT_CHARGED)
+            if in_progress:
+                transition(session, record, OrderStatus.PAYMENT_CHARGED)
+        if in_progress:
+            return StepOutcome(order.order_id, changed=True, detail=reference)
+        # Only an attempt that outlived its timeout gets here: the saga moved on to compensate without it.
+        # A refund still to come finds this charge; one that already ran (ABANDONED) needs doing now.
+        if compensated_already:
+            await self.refund_payment(order)
+        raise ApplicationError(
+            f"charge {reference} completed after the order was compensated"
+            + ("; refunded" if compensated_already else "; the refund will find it"),
+            type="LateCharge",
+            non_retryable=True,
+        )
 
     @activity.defn(name="refund_payment")
     async def refund_payment(self, order: OrderRef) -> StepOutcome:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from sqlalchemy import select
+from temporalio.exceptions import ApplicationError
 
 from activities.payments import PaymentActivities, idempotency_key
 from activities.providers import ChargeRequest, SimulatedPaymentGateway
@@ -73,3 +76,65 @@ async def test_a_charge_the_provider_never_made_is_abandoned_and_nothing_refunde
     assert not first.changed and not again.changed
     assert await _payments(db, order_id) == [("charge", "abandoned")]
     assert gateway.refunds == {}
+
+
+class HangingGateway(SimulatedPaymentGateway):
+    """A provider whose charge call hangs until released, like one answering after the activity timed out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.called = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def charge(self, request: ChargeRequest) -> str:
+        self.called.set()
+        await self.release.wait()
+        return await super().charge(request)
+
+
+async def test_a_charge_that_completes_after_the_compensation_is_refunded(
+    database: tuple[Settings, Database],
+) -> None:
+    _, db = database
+    order_id = await _order_with_pending_charge(db)
+    gateway = HangingGateway()
+    activities = PaymentActivities(db.sessions, gateway)
+    # The attempt's timeout passed, so the saga compensated: the refund found nothing charged yet.
+    late_attempt = asyncio.ensure_future(activities.charge_payment(OrderRef(order_id)))
+    await gateway.called.wait()
+    assert not (await activities.refund_payment(OrderRef(order_id))).changed
+    assert await _payments(db, order_id) == [("charge", "abandoned")]
+
+    gateway.release.set()  # then the provider charged after all
+    with pytest.raises(ApplicationError, match="completed after the order was compensated; refunded"):
+        await late_attempt
+
+    assert await _payments(db, order_id) == [("charge", "succeeded"), ("refund", "succeeded")]
+    assert list(gateway.charges) == [idempotency_key(order_id, "charge")]
+    assert list(gateway.refunds) == [idempotency_key(order_id, "refund")]
+    async with db.sessions() as session:
+        order = await session.get(models.Order, order_id)
+    assert order is not None and order.status == "PLACED"  # the late attempt moved no order state
+
+
+async def test_a_charge_that_completes_while_compensating_is_left_for_the_refund(
+    database: tuple[Settings, Database],
+) -> None:
+    _, db = database
+    order_id = await _order_with_pending_charge(db)
+    gateway = HangingGateway()
+    activities = PaymentActivities(db.sessions, gateway)
+    late_attempt = asyncio.ensure_future(activities.charge_payment(OrderRef(order_id)))
+    await gateway.called.wait()
+    async with db.sessions() as session, session.begin():  # the saga gave up on the charge: compensating
+        order = await session.get(models.Order, order_id)
+        assert order is not None
+        order.status = "COMPENSATING"
+
+    gateway.release.set()
+    with pytest.raises(ApplicationError, match="the refund will find it"):
+        await late_attempt
+    assert await _payments(db, order_id) == [("charge", "succeeded")]
+
+    assert (await activities.refund_payment(OrderRef(order_id))).changed
+    assert await _payments(db, order_id) == [("charge", "succeeded"), ("refund", "succeeded")]
