@@ -13,7 +13,7 @@ RUN python -m venv /opt/venv
 # .dockerignore keeps tests, local state and secrets out of the build context.
 COPY . .
 RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels . \
-    && /opt/venv/bin/pip install /wheels/*.whl
+    && /opt/venv/bin/pip install -c constraints.txt /wheels/*.whl
 
 # --- runtime: the venv, the migrations and nothing else, run by an unprivileged user
 FROM ${PYTHON_IMAGE} AS runtime
