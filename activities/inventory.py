@@ -25,7 +25,7 @@ class InventoryActivities:
     @activity.defn(name="reserve_inventory")
     async def reserve_inventory(self, order: OrderRef) -> StepOutcome:
         async with self._sessions() as session, session.begin():
-            record = await lock_order(session, order.order_id)
+            record = await lock_order(session, order.order_id, with_lines=True)
             existing = await session.scalar(
                 select(models.Reservation.id).where(models.Reservation.order_id == record.id)
             )

@@ -21,7 +21,7 @@ class OrderActivities:
     async def mark_order_shipped(self, order: OrderRef) -> StepOutcome:
         """The goods have left: reserved stock becomes shipped stock, and the order is SHIPPED."""
         async with self._sessions() as session, session.begin():
-            record = await lock_order(session, order.order_id)
+            record = await lock_order(session, order.order_id, with_lines=True)
             changed = transition(session, record, OrderStatus.SHIPPED)
             if changed:
                 await consume_reservations(session, record.id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import raiseload, selectinload
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from domain.errors import DomainError
@@ -11,12 +12,16 @@ from domain.model import OrderStatus, check_transition
 from infra import models
 
 
-async def lock_order(session: AsyncSession, order_id: str) -> models.Order:
+async def lock_order(session: AsyncSession, order_id: str, *, with_lines: bool = False) -> models.Order:
     """Load the order and lock its row (PostgreSQL), serializing steps of the same order.
 
-    On SQLite every transaction already holds the write lock (BEGIN IMMEDIATE).
+    On SQLite every transaction already holds the write lock (BEGIN IMMEDIATE). The lines cost a second
+    query, so only the steps that need them ask for them; touching them otherwise raises.
     """
-    order = await session.scalar(select(models.Order).where(models.Order.id == order_id).with_for_update())
+    lines = selectinload(models.Order.lines) if with_lines else raiseload(models.Order.lines)
+    order = await session.scalar(
+        select(models.Order).where(models.Order.id == order_id).options(lines).with_for_update()
+    )
     if order is None:
         raise ApplicationError(f"order {order_id} does not exist", type="OrderNotFound")
     return order

@@ -24,7 +24,7 @@ class ShippingActivities:
     @activity.defn(name="create_shipment")
     async def create_shipment(self, order: OrderRef) -> StepOutcome:
         async with self._sessions() as session, session.begin():
-            record = await lock_order(session, order.order_id)
+            record = await lock_order(session, order.order_id, with_lines=True)
             existing = await _shipment_of(session, order.order_id)
             if existing is not None:
                 return StepOutcome(order.order_id, changed=False, detail=existing.tracking_number)
