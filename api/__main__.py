@@ -20,6 +20,9 @@ def main() -> None:
     except ValidationError as err:
         print(f"api: refusing to start, the settings are not valid:\n{err}", file=sys.stderr)
         raise SystemExit(2) from err
+    if not settings.api_keys:
+        print("api: refusing to start, API_KEYS is empty: nobody could call the API", file=sys.stderr)
+        raise SystemExit(2)
     configure_logging(settings)
     tracing.configure_tracing(settings, "api")
     url = f"http://{settings.api_host}:{settings.api_port}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -114,6 +114,15 @@ class Settings(BaseSettings):
     temporal_metrics_address: str = "127.0.0.1:9100"
     # How often the relay counts pending outbox rows and each reactor reads its DLQ depth, for the gauges.
     metrics_refresh_seconds: Annotated[float, Field(gt=0, le=3_600)] = 5.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_default_keys_in_production(cls, data: Any) -> Any:
+        """No default principal in production: the API refuses to start without keys of its own, and the
+        other processes need none."""
+        if isinstance(data, dict) and data.get("env") == Environment.PRODUCTION and "api_keys" not in data:
+            return {**data, "api_keys": {}, "api_key_scopes": data.get("api_key_scopes", {})}
+        return data
 
     @model_validator(mode="after")
     def _api_keys_usable(self) -> Settings:

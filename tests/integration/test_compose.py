@@ -549,8 +549,9 @@ def test_app_services_environment_validates_as_settings(monkeypatch: pytest.Monk
         assert not settings.is_sqlite, name
         host = urllib.parse.urlsplit(settings.database_url.replace("+asyncpg", "")).hostname
         assert host in services(), f"{name}: DATABASE_URL host {host} is not a service"
+        assert settings.env == "production", name
+        assert bool(settings.api_keys) == (name == "api"), f"{name}: only the API carries API keys"
     api = settings_of("api", monkeypatch)
-    assert api.env == "production"
     assert api.api_host == "0.0.0.0"
     secrets = [key.get_secret_value() for key in api.api_keys.values()]
     assert Settings.DEVELOPMENT_API_KEY not in secrets

@@ -34,9 +34,14 @@ def test_the_default_settings_carry_the_development_key_with_every_scope() -> No
     assert principal is not None and principal.scopes == frozenset(Scope)
 
 
-def test_production_settings_refuse_the_development_key_and_accept_their_own() -> None:
+def test_production_settings_have_no_default_key_refuse_the_development_key_and_accept_their_own() -> None:
+    assert load_settings(env="production").api_keys == {}  # the worker, relay and reactors need none
     with pytest.raises(ValidationError, match="development API key"):
-        load_settings(env="production")
+        load_settings(
+            env="production",
+            api_keys={"local-developer": Settings.DEVELOPMENT_API_KEY},
+            api_key_scopes={"local-developer": ["admin"]},
+        )
     own = load_settings(
         env="production", api_keys={"shop": "x" * 32}, api_key_scopes={"shop": ["orders:write"]}
     )
