@@ -48,7 +48,9 @@ class Settings(BaseSettings):
     outbox_poll_interval_seconds: Annotated[float, Field(gt=0)] = 2.0
     # SQLite has no NOTIFY: a short poll of the pending-rows index keeps the publish lag small.
     outbox_sqlite_poll_interval_seconds: Annotated[float, Field(gt=0)] = 0.1
-    reactor_prefetch: Annotated[int, Field(ge=1, le=1_000)] = 32
+    reactor_prefetch: Annotated[int, Field(ge=1, le=1_000)] = 128
+    # Most messages a reactor handles in one transaction (a batch is what has arrived; it never waits).
+    reactor_batch_size: Annotated[int, Field(ge=1, le=1_000)] = 64
     # Handler attempts (first try included) before a transiently failing message is dead-lettered.
     reactor_max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
     # Wait before retry n (the last value repeats); one TTL wait queue per value. JSON list in the env.

@@ -6,6 +6,7 @@ retried event still lands on the right day.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -14,40 +15,43 @@ from contracts.envelope import ReceivedEvent
 from contracts.orders import ORDER_CANCELLED_V1, ORDER_SHIPPED_V1, OrderCancelledV1, OrderShippedV1
 from reactors.analytics.models import DailyOrderCounts, DailySkuSales
 from reactors.base import Reactor, unsupported
-from reactors.sql import add_to_counters
+from reactors.sql import CounterRow, add_to_counters
 
 NAME = "analytics"
 
 
-async def apply(event: ReceivedEvent, session: AsyncSession) -> None:
-    match event.data:
-        case OrderShippedV1() as shipped:
-            day = shipped.shipped_at.astimezone(UTC).date()
-            for line in shipped.lines:
-                await add_to_counters(
-                    session,
-                    DailySkuSales,
-                    key={"day": day, "sku": line.sku, "currency": shipped.currency},
-                    increments={"units": line.quantity, "revenue": line.line_total},
+async def apply_batch(events: Sequence[ReceivedEvent], session: AsyncSession) -> None:
+    """The events' increments summed per counter row, then one upsert per table."""
+    sales: list[CounterRow] = []
+    orders: list[CounterRow] = []
+    for event in events:
+        match event.data:
+            case OrderShippedV1() as shipped:
+                day = shipped.shipped_at.astimezone(UTC).date()
+                sales.extend(
+                    (
+                        {"day": day, "sku": line.sku, "currency": shipped.currency},
+                        {"units": line.quantity, "revenue": line.line_total},
+                    )
+                    for line in shipped.lines
                 )
-            await add_to_counters(
-                session,
-                DailyOrderCounts,
-                key={"day": day},
-                increments={"orders_shipped": 1, "orders_cancelled": 0},
-            )
-        case OrderCancelledV1() as cancelled:
-            day = cancelled.cancelled_at.astimezone(UTC).date()
-            await add_to_counters(
-                session,
-                DailyOrderCounts,
-                key={"day": day},
-                increments={"orders_shipped": 0, "orders_cancelled": 1},
-            )
-        case _:
-            raise unsupported(NAME, event)
+                orders.append(({"day": day}, {"orders_shipped": 1, "orders_cancelled": 0}))
+            case OrderCancelledV1() as cancelled:
+                day = cancelled.cancelled_at.astimezone(UTC).date()
+                orders.append(({"day": day}, {"orders_shipped": 0, "orders_cancelled": 1}))
+            case _:
+                raise unsupported(NAME, event)
+    await add_to_counters(session, DailySkuSales, sales)
+    await add_to_counters(session, DailyOrderCounts, orders)
+
+
+async def apply(event: ReceivedEvent, session: AsyncSession) -> None:
+    await apply_batch([event], session)
 
 
 REACTOR = Reactor(
-    name=NAME, routing_keys=(ORDER_SHIPPED_V1.routing_key, ORDER_CANCELLED_V1.routing_key), apply=apply
+    name=NAME,
+    routing_keys=(ORDER_SHIPPED_V1.routing_key, ORDER_CANCELLED_V1.routing_key),
+    apply=apply,
+    apply_batch=apply_batch,
 )

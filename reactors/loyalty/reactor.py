@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.envelope import ReceivedEvent
@@ -9,7 +13,7 @@ from contracts.orders import ORDER_SHIPPED_V1, OrderShippedV1
 from infra.models import utcnow
 from reactors.base import Reactor, unsupported
 from reactors.loyalty.models import LoyaltyBalance, LoyaltyLedgerEntry
-from reactors.sql import add_to_counters
+from reactors.sql import add_to_counters, table_of
 
 NAME = "loyalty"
 # ISO 4217 currencies whose minor unit is not the cent; every other currency has two decimals.
@@ -22,27 +26,38 @@ def points_for(total_amount: int, currency: str) -> int:
     return total_amount // divisor
 
 
-async def apply(event: ReceivedEvent, session: AsyncSession) -> None:
-    if not isinstance(event.data, OrderShippedV1):
-        raise unsupported(NAME, event)
-    shipped = event.data
-    points = points_for(shipped.total_amount, shipped.currency)
-    session.add(
-        LoyaltyLedgerEntry(
-            customer_id=shipped.customer_id,
-            event_id=event.id,
-            order_id=shipped.order_id,
-            points=points,
-            reason=f"order shipped ({shipped.total_amount} {shipped.currency} minor units)",
+async def apply_batch(events: Sequence[ReceivedEvent], session: AsyncSession) -> None:
+    """One ledger insert for every event, one balance upsert per customer (their points summed)."""
+    entries: list[dict[str, Any]] = []
+    for event in events:
+        if not isinstance(event.data, OrderShippedV1):
+            raise unsupported(NAME, event)
+        shipped = event.data
+        entries.append(
+            {
+                "customer_id": shipped.customer_id,
+                "event_id": event.id,
+                "order_id": shipped.order_id,
+                "points": points_for(shipped.total_amount, shipped.currency),
+                "reason": f"order shipped ({shipped.total_amount} {shipped.currency} minor units)",
+                "created_at": utcnow(),
+            }
         )
-    )
+    if not entries:
+        return
+    await session.execute(insert(table_of(LoyaltyLedgerEntry)), entries)
     await add_to_counters(
         session,
         LoyaltyBalance,
-        key={"customer_id": shipped.customer_id},
-        increments={"points": points},
+        [({"customer_id": entry["customer_id"]}, {"points": entry["points"]}) for entry in entries],
         also_set={"updated_at": utcnow()},
     )
 
 
-REACTOR = Reactor(name=NAME, routing_keys=(ORDER_SHIPPED_V1.routing_key,), apply=apply)
+async def apply(event: ReceivedEvent, session: AsyncSession) -> None:
+    await apply_batch([event], session)
+
+
+REACTOR = Reactor(
+    name=NAME, routing_keys=(ORDER_SHIPPED_V1.routing_key,), apply=apply, apply_batch=apply_batch
+)
