@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 import pytest
 from sqlalchemy import select
@@ -14,7 +15,7 @@ from infra import models
 from infra.bootstrap import Database
 from infra.settings import Settings
 from orchestrator.client import create_order
-from orchestrator.messages import OrderRef
+from orchestrator.messages import OrderRef, StepOutcome
 from tests.support import add_product, order_command
 
 pytestmark = pytest.mark.integration
@@ -92,22 +93,36 @@ class HangingGateway(SimulatedPaymentGateway):
         return await super().charge(request)
 
 
+@dataclass
+class HungCharge:
+    order_id: str
+    gateway: HangingGateway
+    activities: PaymentActivities
+    attempt: asyncio.Future[StepOutcome]  # the charge attempt, waiting inside the provider call
+
+
+async def _hung_charge(db: Database) -> HungCharge:
+    order_id = await _order_with_pending_charge(db)
+    gateway = HangingGateway()
+    activities = PaymentActivities(db.sessions, gateway)
+    attempt = asyncio.ensure_future(activities.charge_payment(OrderRef(order_id)))
+    await gateway.called.wait()
+    return HungCharge(order_id, gateway, activities, attempt)
+
+
 async def test_a_charge_that_completes_after_the_compensation_is_refunded(
     database: tuple[Settings, Database],
 ) -> None:
     _, db = database
-    order_id = await _order_with_pending_charge(db)
-    gateway = HangingGateway()
-    activities = PaymentActivities(db.sessions, gateway)
+    hung = await _hung_charge(db)
+    order_id, gateway, activities = hung.order_id, hung.gateway, hung.activities
     # The attempt's timeout passed, so the saga compensated: the refund found nothing charged yet.
-    late_attempt = asyncio.ensure_future(activities.charge_payment(OrderRef(order_id)))
-    await gateway.called.wait()
     assert not (await activities.refund_payment(OrderRef(order_id))).changed
     assert await _payments(db, order_id) == [("charge", "abandoned")]
 
     gateway.release.set()  # then the provider charged after all
     with pytest.raises(ApplicationError, match="completed after the order was compensated; refunded"):
-        await late_attempt
+        await hung.attempt
 
     assert await _payments(db, order_id) == [("charge", "succeeded"), ("refund", "succeeded")]
     assert list(gateway.charges) == [idempotency_key(order_id, "charge")]
@@ -121,11 +136,8 @@ async def test_a_charge_that_completes_while_compensating_is_left_for_the_refund
     database: tuple[Settings, Database],
 ) -> None:
     _, db = database
-    order_id = await _order_with_pending_charge(db)
-    gateway = HangingGateway()
-    activities = PaymentActivities(db.sessions, gateway)
-    late_attempt = asyncio.ensure_future(activities.charge_payment(OrderRef(order_id)))
-    await gateway.called.wait()
+    hung = await _hung_charge(db)
+    order_id, gateway, activities = hung.order_id, hung.gateway, hung.activities
     async with db.sessions() as session, session.begin():  # the saga gave up on the charge: compensating
         order = await session.get(models.Order, order_id)
         assert order is not None
@@ -133,7 +145,7 @@ async def test_a_charge_that_completes_while_compensating_is_left_for_the_refund
 
     gateway.release.set()
     with pytest.raises(ApplicationError, match="the refund will find it"):
-        await late_attempt
+        await hung.attempt
     assert await _payments(db, order_id) == [("charge", "succeeded")]
 
     assert (await activities.refund_payment(OrderRef(order_id))).changed
