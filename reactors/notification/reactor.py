@@ -166,10 +166,9 @@ async def prepare_batch(events: Sequence[ReceivedEvent], context: ReactorContext
     except Exception as err:  # e.g. a competing notifier won a race on a new row: all of them later
         return {**failed, **{event_id: TransientError(f"claim failed: {err}") for event_id in mails}}
     failed.update(claimed.failed)
-    lease = timedelta(seconds=context.settings.notification_send_lease_seconds)
     mailer = mailer_of(context)
     for event_id in claimed.to_send:
-        if utcnow() - claimed.at >= lease:  # another notifier may own it by now
+        if utcnow() - claimed.at >= claimed.lease:  # another notifier may own it by now
             failed[event_id] = TransientError(f"claim of the mail for {event_id} expired before sending")
             continue
         recipient, subject, body = mails[event_id]
@@ -194,6 +193,7 @@ async def prepare_batch(events: Sequence[ReceivedEvent], context: ReactorContext
 @dataclass
 class _Claims:
     at: datetime
+    lease: timedelta
     to_send: list[str] = field(default_factory=list)
     failed: dict[str, Exception] = field(default_factory=dict)
 
@@ -207,10 +207,9 @@ async def _claim(
     """Claim the events' mails in one transaction: a new row is claimed by inserting it; an existing one
     `sent` needs nothing; one claimed less than the lease ago without a recorded failure belongs to another
     notifier (retry later); any other is claimed again."""
-    claims = _Claims(at=utcnow())
+    claims = _Claims(at=utcnow(), lease=timedelta(seconds=settings.notification_send_lease_seconds))
     if not events:
         return claims
-    lease = timedelta(seconds=settings.notification_send_lease_seconds)
     async with sessions() as session, session.begin():
         created = set(
             await session.scalars(
@@ -252,7 +251,7 @@ async def _claim(
                 claims.to_send.append(event.id)
             elif row is None or row.status == SENT:
                 continue
-            elif row.last_error is None and claims.at - row.claimed_at < lease:
+            elif row.last_error is None and claims.at - row.claimed_at < claims.lease:
                 # A fresh claim without a recorded failure: another notifier is sending this very mail now.
                 claims.failed[event.id] = TransientError(
                     f"mail for {event.id} is being sent by another notifier"
