@@ -7,12 +7,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.errors import business_failure
+from activities.messages import OrderRef, StepOutcome
 from activities.providers import ChargeRequest, PaymentGateway, RefundRequest
-from activities.records import business_failure, lock_order, transition
+from activities.steps import compensation
 from domain.errors import PaymentDeclined
 from domain.model import OrderStatus
 from infra import models
-from orchestrator.messages import OrderRef, StepOutcome
+from infra.orders import lock_order, transition
 
 CHARGE = "charge"
 REFUND = "refund"
@@ -34,7 +36,7 @@ class PaymentActivities:
         self._sessions = session_factory
         self._gateway = gateway
 
-    @activity.defn(name="charge_payment")
+    @activity.defn
     async def charge_payment(self, order: OrderRef) -> StepOutcome:
         key = idempotency_key(order.order_id, CHARGE)
         # 1. Record the intent (pending) before calling out, so every attempt shares one row.
@@ -94,7 +96,8 @@ class PaymentActivities:
             non_retryable=True,
         )
 
-    @activity.defn(name="refund_payment")
+    @compensation
+    @activity.defn
     async def refund_payment(self, order: OrderRef) -> StepOutcome:
         if not await self._settle_charge(order.order_id):
             return StepOutcome(order.order_id, changed=False, detail="nothing charged")

@@ -33,8 +33,10 @@ from api.security import Principal
 from domain.errors import CurrencyMismatch, DomainError, InvalidOrder, UnknownProduct
 from domain.model import OrderStatus, PlaceOrder, RequestedItem, ShippingAddress
 from infra import models
+from infra.orders import create_order
 from observability.logs import bind_log_context
-from orchestrator.client import create_order, request_cancel, start_saga
+from observability.metrics import metrics
+from orchestrator.client import request_cancel, start_saga
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,8 @@ class OrderService:
         command = to_command(claim.order_id, request)
         try:
             # False on a resumed claim whose order was recorded before its request died: keep it.
-            await create_order(self._sessions, command)
+            if await create_order(self._sessions, command):
+                metrics().orders_placed.inc()
         except (UnknownProduct, InvalidOrder) as rejected:
             # Nothing was written: the key is free again, for this body corrected.
             await self._keys.release(principal.name, key)

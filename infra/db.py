@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import event
@@ -12,6 +13,8 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+
+from infra.settings import Settings
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -45,6 +48,23 @@ def create_engine(database_url: str, *, echo: bool = False) -> AsyncEngine:
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+@dataclass
+class Database:
+    """An engine and its session factory; `dispose()` closes the pool."""
+
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def open_database(settings: Settings) -> Database:
+    """The engine and session factory of DATABASE_URL (connects lazily, on first use)."""
+    engine = create_engine(settings.database_url, echo=settings.database_echo)
+    return Database(engine, create_session_factory(engine))
 
 
 def rowcount(result: Result[object]) -> int:

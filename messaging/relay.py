@@ -381,27 +381,3 @@ def _describe(err: BaseException) -> str:
 
 def loop_time() -> float:
     return asyncio.get_running_loop().time()
-
-
-def main() -> None:
-    """`python -m messaging.relay`: publish the outbox until SIGINT/SIGTERM."""
-    # The composition root imports this module; importing it here, not at the top, avoids the cycle.
-    from infra.bootstrap import open_database, outbox_relay
-    from infra.process import run_until_signalled
-    from infra.settings import load_settings
-
-    settings = load_settings()
-
-    async def serve(stop: asyncio.Event) -> None:
-        database = open_database(settings)
-        try:
-            log.info("outbox relay publishing to %s", Topology.from_settings(settings).exchange)
-            await outbox_relay(settings, database).run(stop)
-        finally:
-            await database.dispose()
-
-    run_until_signalled(settings, "relay", serve, metrics_port=settings.relay_metrics_port)
-
-
-if __name__ == "__main__":
-    main()

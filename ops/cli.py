@@ -18,13 +18,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from infra.bootstrap import open_database
+from infra.db import open_database
 from infra.settings import load_settings
-from observability.cli import asyncapi_command, timeline_command
-from ops import demo
+from ops import demo, dlq_commands
 from ops.api_client import ApiError, OrdersApi
+from ops.inspect import asyncapi_command, timeline_command
 from ops.outbox_status import OutboxStatus, outbox_status
-from reactors import dlq
 
 # Wide enough for full order ids when the output is piped (rich assumes 80 columns then).
 console = Console(width=max(Console().width, 120))
@@ -32,7 +31,7 @@ app = typer.Typer(help="Operate the order saga service.", no_args_is_help=True)
 orders_app = typer.Typer(help="Place, follow and cancel orders (through the HTTP API).", no_args_is_help=True)
 outbox_app = typer.Typer(help="The transactional outbox.", no_args_is_help=True)
 app.add_typer(orders_app, name="orders")
-app.add_typer(dlq.app, name="dlq", help="Dead letters of a reactor: list and redrive.")
+app.add_typer(dlq_commands.app, name="dlq", help="Dead letters of a reactor: list and redrive.")
 app.add_typer(outbox_app, name="outbox")
 app.command("timeline")(timeline_command)
 app.command("asyncapi")(asyncapi_command)
@@ -178,7 +177,3 @@ def run_demo(api_url: ApiUrl = None, api_key: ApiKey = None) -> None:
 def _money(order: dict[str, Any]) -> str:
     amount = order.get("total_amount", order.get("total", 0))
     return f"{int(amount) / 100:.2f} {order.get('currency', '')}"
-
-
-if __name__ == "__main__":
-    app()

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import asdict
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import (
@@ -20,13 +17,13 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
-from domain.model import Money, OrderStatus, PlaceOrder, price_order, workflow_id_for
-from infra import models
+from activities.messages import CancelOutcome, CancelRequest, OrderSagaInput, OrderSagaResult
+from domain.model import OrderStatus, PlaceOrder, workflow_id_for
+from infra.orders import create_order
 from infra.settings import Settings
 from observability import tracing
 from observability.metrics import metrics
 from orchestrator import search_attributes
-from orchestrator.messages import CancelOutcome, CancelRequest, OrderSagaInput, OrderSagaResult
 from orchestrator.workflow import CANCEL_REFUSED, OrderWorkflow
 
 log = logging.getLogger(__name__)
@@ -56,56 +53,6 @@ async def connect_temporal(
                 raise RuntimeError(f"Temporal is not reachable at {settings.temporal_address}") from err
             log.info("waiting for Temporal at %s", settings.temporal_address)
             await asyncio.sleep(1.0)
-
-
-async def create_order(session_factory: async_sessionmaker[AsyncSession], command: PlaceOrder) -> bool:
-    """Write the order in PLACED state with its lines, priced from the catalogue, in one transaction.
-
-    Returns False when an order with this id already exists (nothing is written then).
-    Raises UnknownProduct / InvalidOrder before anything is written.
-    """
-    try:
-        async with session_factory() as session, session.begin():
-            if await session.get(models.Order, command.order_id) is not None:
-                return False
-            session.add_all(await _priced_order_rows(session, command))
-        metrics().orders_placed.inc()
-    except IntegrityError:
-        # A concurrent placement of the same order won the race; its row is the order.
-        async with session_factory() as session:
-            if await session.get(models.Order, command.order_id) is not None:
-                return False
-        raise
-    return True
-
-
-async def _priced_order_rows(session: AsyncSession, command: PlaceOrder) -> list[object]:
-    skus = [item.sku for item in command.items]
-    products = (await session.scalars(select(models.Product).where(models.Product.sku.in_(skus)))).all()
-    prices = {p.sku: Money(p.unit_price, p.currency) for p in products}
-    lines, total = price_order(command.items, prices)
-    order = models.Order(
-        id=command.order_id,
-        workflow_id=workflow_id_for(command.order_id),
-        customer_id=command.customer_id,
-        customer_email=command.customer_email,
-        currency=total.currency,
-        total_amount=total.amount,
-        payment_token=command.payment_token,
-        shipping_address=asdict(command.shipping_address),
-        status=OrderStatus.PLACED,
-        lines=[
-            models.OrderLine(
-                line_no=number,
-                sku=line.sku,
-                quantity=line.quantity,
-                unit_price=line.unit_price.amount,
-                line_total=line.total.amount,
-            )
-            for number, line in enumerate(lines, start=1)
-        ],
-    )
-    return [order, models.OrderStatusChange(order_id=order.id, status=OrderStatus.PLACED)]
 
 
 async def start_saga(
@@ -140,7 +87,8 @@ async def place_order(
 ) -> WorkflowHandle[OrderWorkflow, OrderSagaResult]:
     """Record the order, then start its saga. Safe to repeat: a retry after a crash between the
     two steps starts the missing saga, a plain duplicate changes nothing."""
-    await create_order(session_factory, command)
+    if await create_order(session_factory, command):
+        metrics().orders_placed.inc()
     return await start_saga(client, task_queue, command.order_id, command.customer_id)
 
 

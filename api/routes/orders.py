@@ -25,7 +25,7 @@ from api.schemas import (
     TimelineEntryOut,
 )
 from domain.model import OrderStatus
-from observability.timeline_sources import load_timeline
+from timeline.sources import load_timeline
 
 router = APIRouter(prefix="/orders", tags=["orders"])
 

@@ -1,6 +1,6 @@
 """An embedded SMTP sink (aiosmtpd) for the local stack and the tests: accepts every mail, delivers none.
 
-`python -m reactors.notification.smtp_sink` listens on SMTP_HOST:SMTP_PORT and stores each mail in the
+`python -m entrypoints.smtp_sink` listens on SMTP_HOST:SMTP_PORT and stores each mail in the
 Maildir at SMTP_SINK_MAILDIR (default var/mail); tests use `SmtpSink` in-process and read `.messages`.
 """
 
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import mailbox
-import signal
 import threading
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -16,9 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
-
-from infra.settings import load_settings
-from observability.logs import configure_logging
 
 log = logging.getLogger(__name__)
 
@@ -67,27 +63,3 @@ class SmtpSink:
         if self._controller is not None:
             controller, self._controller = self._controller, None
             controller.stop()
-
-
-def main() -> None:
-    settings = load_settings()
-    configure_logging(settings)
-    sink = SmtpSink(settings.smtp_host, settings.smtp_port, Path(settings.smtp_sink_maildir))
-    stopped = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopped.set())
-    sink.start()
-    log.info(
-        "SMTP sink on %s:%d, storing mail in %s",
-        settings.smtp_host,
-        settings.smtp_port,
-        settings.smtp_sink_maildir,
-    )
-    try:
-        stopped.wait()
-    finally:
-        sink.stop()
-
-
-if __name__ == "__main__":
-    main()

@@ -27,12 +27,12 @@ def db_backend() -> str:
 
 @pytest.fixture
 async def api_url(saga: SagaHarness) -> AsyncIterator[str]:
-    """`python -m api` on a free port, wired to the harness's database and task queue."""
+    """`python -m entrypoints.api` on a free port, wired to the harness's database and task queue."""
     port = free_port()
     server = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "api",
+        "entrypoints.api",
         cwd=ROOT,
         env={
             "DATABASE_URL": saga.settings.database_url,

@@ -14,7 +14,7 @@ from sqlalchemy import update
 
 from contracts.envelope import CloudEvent
 from infra import models
-from infra.bootstrap import Database
+from infra.db import Database
 from infra.settings import Settings
 from messaging.models import PUBLISHED, OutboxEvent
 from messaging.outbox import add_to_outbox

@@ -219,11 +219,11 @@ def settings_of(service_name: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
 
 
 def reactor_services() -> dict[str, str]:
-    """Service name -> the reactor it runs (`python -m reactors.run <name>`)."""
+    """Service name -> the reactor it runs (`python -m entrypoints.reactors <name>`)."""
     found: dict[str, str] = {}
     for name, service in app_services().items():
         command = service["command"]
-        if command[:3] == ["python", "-m", "reactors.run"]:
+        if command[:3] == ["python", "-m", "entrypoints.reactors"]:
             assert len(command) == 4, f"{name}: run one reactor per service, got {command}"
             found[name] = command[3]
     return found

@@ -180,7 +180,7 @@ async def test_dead_letters_cli_lists_and_redrives_to_that_reactor_only(events: 
 
     def cli(*args: str) -> str:
         done = subprocess.run(
-            [sys.executable, "-m", "reactors.dlq", *args],
+            [sys.executable, "-m", "entrypoints.cli", "dlq", *args],
             cwd=ROOT,
             env=env,
             capture_output=True,

@@ -1,4 +1,4 @@
-"""Worker entrypoint: `python -m orchestrator.worker`. SIGINT/SIGTERM shut it down gracefully.
+"""Worker entrypoint: `python -m entrypoints.worker`. SIGINT/SIGTERM shut it down gracefully.
 
 It serves its metrics on WORKER_METRICS_PORT (saga steps, sagas ended) and the Temporal SDK's on
 TEMPORAL_METRICS_ADDRESS; with tracing on, its activities continue the trace of the order's placement.
@@ -15,15 +15,16 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from infra.bootstrap import Database, open_database, saga_activities
-from infra.process import run_until_signalled
+from entrypoints.bootstrap import saga_activities
+from entrypoints.process import run_until_signalled
+from infra.db import Database, open_database
 from infra.settings import Settings, load_settings
 from observability import tracing
 from observability.metrics import StepMetricsInterceptor, temporal_runtime
 from orchestrator.client import connect_temporal
 from orchestrator.workflow import OrderWorkflow
 
-log = logging.getLogger("orchestrator.worker")
+log = logging.getLogger("entrypoints.worker")
 
 
 def build_worker(client: Client, settings: Settings, database: Database) -> Worker:

@@ -11,20 +11,14 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from infra import models
-from infra.bootstrap import open_database
+from infra.db import open_database
 from infra.settings import Settings
 from messaging.models import OutboxEvent
-from observability.timeline import (
-    DeliveryView,
-    OutboxView,
-    Timeline,
-    TimelineEntry,
-    build_timeline,
-    history_entries,
-    pending_step_entries,
-)
 from orchestrator.client import connect_temporal
 from reactors.models import DeliveryRecord
+from timeline.entries import Timeline, TimelineEntry
+from timeline.history import history_entries, pending_step_entries
+from timeline.records import DeliveryView, OutboxView, build_timeline
 
 # Bound of each Temporal call: a timeline without the history beats a request that hangs.
 TEMPORAL_RPC_TIMEOUT = timedelta(seconds=10)
