@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from observability.tracing import trace_id_of
 from timeline.entries import Source, Timeline, TimelineEntry, clip, elapsed_ms, merge_timeline
 
 OUTBOX_ACTOR = "outbox"
+
+View = TypeVar("View", "OutboxView", "DeliveryView")
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,11 @@ class DeliveryView:
     created_at: datetime
     duration_ms: float | None = None
     trace_id: str | None = None
+
+
+def view_of(view: type[View], row: object) -> View:
+    """The view's fields read from a row (an ORM object) with the same attribute names."""
+    return view(**{field.name: getattr(row, field.name) for field in fields(view)})
 
 
 def outbox_entries(rows: Iterable[OutboxView]) -> list[TimelineEntry]:

@@ -26,8 +26,8 @@ from reactors.loyalty.models import LoyaltyLedgerEntry
 from reactors.models import DeliveryOutcome
 from reactors.notification.smtp_sink import SmtpSink
 from tests.conftest import SagaHarness
+from tests.events import shipped_event
 from tests.integration.conftest import EventStack, eventually
-from tests.integration.event_helpers import shipped_event
 from tests.support import add_product, order_command
 
 pytestmark = pytest.mark.integration

@@ -27,7 +27,7 @@ from messaging.asyncapi import (
 )
 from reactors.base import Reactor
 from reactors.registry import REACTORS
-from tests.integration.event_helpers import cancelled_event, shipped_event
+from tests.events import cancelled_event, shipped_event
 from tests.support import ROOT
 
 pytestmark = pytest.mark.unit
