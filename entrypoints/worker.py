@@ -22,6 +22,7 @@ from infra.settings import Settings, load_settings
 from observability import tracing
 from observability.metrics import StepMetricsInterceptor, temporal_runtime
 from orchestrator.client import connect_temporal
+from orchestrator.maintenance import RetentionActivities, RetentionWorkflow, ensure_retention_schedule
 from orchestrator.workflow import OrderWorkflow
 
 log = logging.getLogger("entrypoints.worker")
@@ -31,8 +32,11 @@ def build_worker(client: Client, settings: Settings, database: Database) -> Work
     return Worker(
         client,
         task_queue=settings.temporal_task_queue,
-        workflows=[OrderWorkflow],
-        activities=saga_activities(settings, database.sessions),
+        workflows=[OrderWorkflow, RetentionWorkflow],
+        activities=[
+            *saga_activities(settings, database.sessions),
+            RetentionActivities(database.sessions, settings).apply_retention,
+        ],
         # In-flight activities get this long to finish before they are cancelled on shutdown.
         graceful_shutdown_timeout=timedelta(seconds=settings.worker_shutdown_grace_seconds),
         # Step attempts, failures and retries are counted here, outside workflow code.
@@ -46,6 +50,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     try:
         client = await connect_temporal(settings, runtime=temporal_runtime(settings))
         worker = build_worker(client, settings, database)
+        await ensure_retention_schedule(client, settings)
         async with worker:
             log.info(
                 "worker polling task queue %r on %s (namespace %s)",

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from infra.db import open_database
+from infra.retention import RetentionReport, run_retention
 from infra.settings import load_settings
 from ops import demo, dlq_commands
 from ops.api_client import ApiError, OrdersApi
@@ -30,9 +31,13 @@ console = Console(width=max(Console().width, 120))
 app = typer.Typer(help="Operate the order saga service.", no_args_is_help=True)
 orders_app = typer.Typer(help="Place, follow and cancel orders (through the HTTP API).", no_args_is_help=True)
 outbox_app = typer.Typer(help="The transactional outbox.", no_args_is_help=True)
+retention_app = typer.Typer(
+    help="Bounded tables: delete rows older than their retention.", no_args_is_help=True
+)
 app.add_typer(orders_app, name="orders")
 app.add_typer(dlq_commands.app, name="dlq", help="Dead letters of a reactor: list and redrive.")
 app.add_typer(outbox_app, name="outbox")
+app.add_typer(retention_app, name="retention")
 app.command("timeline")(timeline_command)
 app.command("asyncapi")(asyncapi_command)
 
@@ -163,6 +168,26 @@ async def _outbox_status() -> OutboxStatus:
     try:
         async with database.sessions() as session:
             return await outbox_status(session)
+    finally:
+        await database.dispose()
+
+
+@retention_app.command("run")
+def retention_run() -> None:
+    """Run the retention once now (what the Temporal Schedule does every RETENTION_INTERVAL_MINUTES)."""
+    report = asyncio.run(_retention_run())
+    table = Table("table", "rows deleted")
+    for name, count in report.deleted.items():
+        table.add_row(name, str(count))
+    console.print(table)
+    console.print(f"{report.batches} batches in {report.seconds:.2f}s")
+
+
+async def _retention_run() -> RetentionReport:
+    settings = load_settings()
+    database = open_database(settings)
+    try:
+        return await run_retention(database.sessions, settings)
     finally:
         await database.dispose()
 

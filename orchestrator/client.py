@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
@@ -15,7 +17,7 @@ from temporalio.common import (
 )
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.runtime import Runtime
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
 from activities.messages import CancelOutcome, CancelRequest, OrderSagaInput, OrderSagaResult
 from domain.model import OrderStatus, PlaceOrder, workflow_id_for
@@ -29,22 +31,69 @@ from orchestrator.workflow import CANCEL_REFUSED, OrderWorkflow
 log = logging.getLogger(__name__)
 
 
+@dataclasses.dataclass(frozen=True)
+class TemporalConnection:
+    """Where and how to reach Temporal: the arguments of `Client.connect`, built from Settings only.
+
+    `tls`: False (plain), True (TLS with the system's CAs) or a TLSConfig (own CA, mTLS, server name).
+    `api_key`: sent as `authorization: Bearer <key>` (Temporal Cloud); never logged.
+    """
+
+    target_host: str
+    namespace: str
+    # Out of the repr: a TLSConfig's repr shows the client's private key.
+    tls: bool | TLSConfig = dataclasses.field(repr=False)
+    api_key: str | None = dataclasses.field(repr=False)
+
+
+def temporal_connection(settings: Settings) -> TemporalConnection:
+    """The connection every process uses (API, worker, timeline, CLI): Settings' TEMPORAL_* only.
+
+    Reads the PEM files named by the *_PATH settings. Raises OSError when one cannot be read.
+    """
+    tls: bool | TLSConfig = settings.temporal_uses_tls
+    ca = _pem(settings.temporal_tls_server_ca_cert_path, settings.temporal_tls_server_ca_cert_data)
+    cert = _pem(settings.temporal_tls_client_cert_path, settings.temporal_tls_client_cert_data)
+    key_data = settings.temporal_tls_client_key_data
+    key = _pem(settings.temporal_tls_client_key_path, key_data.get_secret_value() if key_data else None)
+    if ca or cert or settings.temporal_tls_server_name:
+        tls = TLSConfig(
+            server_root_ca_cert=ca,
+            domain=settings.temporal_tls_server_name,
+            client_cert=cert,
+            client_private_key=key,
+        )
+    api_key = settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None
+    return TemporalConnection(settings.temporal_address, settings.temporal_namespace, tls, api_key)
+
+
+def _pem(path: Path | None, data: str | None) -> bytes | None:
+    if path is not None:
+        return path.read_bytes()
+    return data.encode() if data is not None else None
+
+
 async def connect_temporal(
     settings: Settings, *, wait_seconds: float = 60.0, runtime: Runtime | None = None
 ) -> Client:
     """Connect to Temporal, waiting up to `wait_seconds` for a server that is still starting.
 
+    The address, namespace, TLS (own CA, mTLS, server name) and API key come from `temporal_connection`.
     With tracing on, the client (and every worker built on it) carries OpenTelemetry's interceptor, so an
     order's trace runs from the API through the workflow into its activities. `runtime`: a Temporal
-    runtime of the caller's (the worker's serves the SDK metrics).
+    runtime of the caller's (the worker's serves the SDK metrics). Raises RuntimeError when Temporal cannot
+    be reached (or the TLS handshake fails) until the deadline.
     """
+    connection = temporal_connection(settings)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_seconds
     while True:
         try:
             return await Client.connect(
-                settings.temporal_address,
-                namespace=settings.temporal_namespace,
+                connection.target_host,
+                namespace=connection.namespace,
+                tls=connection.tls,
+                api_key=connection.api_key,
                 interceptors=tracing.temporal_interceptors(),
                 runtime=runtime,
             )

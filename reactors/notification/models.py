@@ -15,7 +15,10 @@ SENT = "sent"
 
 class Notification(Base):
     __tablename__ = "notifications"
-    __table_args__ = (Index("ix_notifications_order_created", "order_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_notifications_order_created", "order_id", "created_at"),
+        Index("ix_notifications_sent_at", "sent_at"),  # the retention's scan (infra/retention.py)
+    )
 
     # One notification per event: the event id is the key that stops a second mail.
     event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
