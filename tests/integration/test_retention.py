@@ -10,11 +10,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from orchestrator.worker import build_worker
 from sqlalchemy import func, insert, select
 from temporalio.client import ScheduleActionExecutionStartWorkflow, ScheduleIntervalSpec
 from temporalio.testing import WorkflowEnvironment
 
+from entrypoints.worker import build_worker
 from infra import models
 from infra.db import Database
 from infra.orders import create_order
