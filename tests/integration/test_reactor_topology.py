@@ -214,3 +214,23 @@ async def test_changing_the_delivery_limit_migrates_the_queues_without_losing_a_
     await eventually(lambda: processed(events, "loyalty", 5), what="every message applied after migrating")
     subjects = {record.subject for record in await events.ledger("loyalty", DeliveryOutcome.PROCESSED)}
     assert subjects == {event.subject for event in (*waiting, retried, later)}
+
+
+async def test_a_reactor_whose_channel_the_broker_closes_reconnects(events: EventStack) -> None:
+    """The same kind from another side: the broker closes the consuming channel (here: an ack of a
+    delivery tag it never sent, 406) while the connection stays up. Consuming must resume."""
+    running = await events.start_reactor(LOYALTY)
+    runtime = running.component
+    assert isinstance(runtime, ReactorRuntime)
+    consumption = runtime._consumption  # reaching in: nothing public acks a made-up delivery tag
+    assert consumption is not None
+    underlay = await consumption._channel.get_underlay_channel()
+    await underlay.basic_ack(999_999)
+
+    async def reconnected() -> bool:
+        return runtime._consumption is not consumption and runtime.ready.is_set()
+
+    await eventually(reconnected, what="a new consuming channel")
+    event = shipped_event(customer_id="cust-channel", lines=(("SKU-A", 1, 1_000),))
+    await publish(events, event)
+    await eventually(lambda: processed(events, "loyalty", 1), what="the event applied")
