@@ -102,7 +102,8 @@ class BatchHandler:
                         lead = leads.pop(event_id)
                         finished.add(lead)
                         intake.settled_so_far &= await self._settle_failed(lead, error, received_at, started)
-                settled = await self._ledger.commit(deliveries, leads, received_at)
+                if leads:
+                    settled = await self._ledger.commit(deliveries, leads, received_at)
         except Exception as err:
             failure = err
         rest = [delivery for delivery in deliveries if delivery not in finished and delivery not in settled]
