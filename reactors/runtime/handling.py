@@ -87,8 +87,16 @@ class BatchHandler:
             await self._handle(intake, deliveries, received_at, started)
 
     async def _handle(
-        self, intake: Intake, deliveries: list[Delivery], received_at: datetime, started: float
+        self,
+        intake: Intake,
+        deliveries: list[Delivery],
+        received_at: datetime,
+        started: float,
+        fallback: bool = False,
     ) -> None:
+        """Prepare, commit and ack `deliveries`; `fallback`: they are what is left of a larger batch, whose
+        other deliveries may be acked after them (then each is acked on its own, never with a multiple ack,
+        which would ack those too, and acking a delivery twice makes the broker close the channel)."""
         settled: dict[Delivery, str] = {}  # the outcome of each delivery to ack
         finished: set[Delivery] = set()  # settled on their own already (their preparation failed)
         failure: Exception | None = None
@@ -119,9 +127,12 @@ class BatchHandler:
                 describe(failure),
             )
         for delivery in rest:
-            await self._handle(intake, [delivery], received_at, started)
+            await self._handle(intake, [delivery], received_at, started, fallback=True)
         await self._acknowledge(
-            [(delivery, outcome) for delivery, outcome in settled.items()], started, intake
+            [(delivery, outcome) for delivery, outcome in settled.items()],
+            started,
+            intake,
+            multiple=intake.settled_so_far and not fallback,
         )
 
     async def _prepare(self, leads: list[Delivery]) -> dict[str, Exception]:
@@ -177,11 +188,13 @@ class BatchHandler:
         self._observe.count(DeliveryOutcome.DEAD_LETTERED, started)
         return True
 
-    async def _acknowledge(self, settled: list[tuple[Delivery, str]], started: float, intake: Intake) -> None:
-        """Ack the deliveries the transaction settled (in delivery order). With one multiple ack if every
-        delivery before them on this channel was acked: batches go one at a time, in delivery order, and
-        whatever was not settled of this batch was handled before, so a multiple ack then covers these
-        deliveries only. Otherwise (a message left unacked must stay so) one ack each."""
+    async def _acknowledge(
+        self, settled: list[tuple[Delivery, str]], started: float, intake: Intake, *, multiple: bool
+    ) -> None:
+        """Ack the deliveries the transaction settled (in delivery order). With one multiple ack when
+        `multiple` (every delivery before them on this channel was acked: batches go one at a time, in
+        delivery order, and whatever was not settled of this batch was handled before, so a multiple ack
+        then covers these deliveries only). Otherwise (a message left unacked must stay so) one ack each."""
         if not settled:
             return
         timeout = self._settings.broker_call_timeout_seconds
@@ -190,7 +203,7 @@ class BatchHandler:
                 if self._fault is not None:
                     with trace.use_span(delivery.span), log_context(event_id=delivery.event.id):
                         await self._fault("committed", delivery.event)
-            if intake.settled_so_far:
+            if multiple:
                 await asyncio.wait_for(settled[-1][0].message.ack(multiple=True), timeout)
             else:
                 for delivery, _ in settled:
