@@ -102,7 +102,7 @@ class Settings(BaseSettings):
     smtp_sender: str = "Order Saga <orders@example.com>"
     # A mail claimed by one notifier is left alone by others this long (it is being sent).
     notification_send_lease_seconds: Annotated[float, Field(gt=0)] = 60.0
-    # Where the local SMTP sink (`python -m reactors.notification.smtp_sink`) stores what it receives.
+    # Where the local SMTP sink (`python -m entrypoints.smtp_sink`) stores what it receives.
     smtp_sink_maildir: str = "var/mail"
 
     # --- retention: what the service deletes after how long (infra/retention.py, run by a Temporal Schedule).

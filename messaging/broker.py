@@ -54,6 +54,7 @@ class ConfirmedPublisher:
         self._name = name
         self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
+        self._side: AbstractChannel | None = None
         self._lock = asyncio.Lock()
         # Bumped on every new connection, so users can redeclare what a new connection needs.
         self.generation = 0
@@ -64,6 +65,7 @@ class ConfirmedPublisher:
                 return self._channel
             await close_quietly(self._connection, self._settings.broker_call_timeout_seconds)
             self._connection = await connect(self._settings, self._name)
+            self._side = None
             self.generation += 1
             self._channel = await asyncio.wait_for(
                 self._connection.channel(publisher_confirms=True, on_return_raises=True),
@@ -74,6 +76,19 @@ class ConfirmedPublisher:
     async def channel(self) -> AbstractChannel:
         """The publishing channel (opened on demand), e.g. to declare topology."""
         return await self._ready_channel()
+
+    async def side_channel(self) -> AbstractChannel:
+        """A second channel on the publishing connection (opened on demand, again after it closed), for calls
+        that close their channel when they fail: a passive declare of a missing queue answers 404 NOT_FOUND
+        and the broker closes the channel, which must not be the publishing one."""
+        await self._ready_channel()
+        if self._side is None or self._side.is_closed:
+            assert self._connection is not None
+            self._side = await asyncio.wait_for(
+                self._connection.channel(publisher_confirms=False),
+                self._settings.broker_call_timeout_seconds,
+            )
+        return self._side
 
     async def publish(
         self,
@@ -114,7 +129,7 @@ class ConfirmedPublisher:
             raise
 
     async def close(self) -> None:
-        connection, self._connection, self._channel = self._connection, None, None
+        connection, self._connection, self._channel, self._side = self._connection, None, None, None
         await close_quietly(connection, self._settings.broker_call_timeout_seconds)
 
 

@@ -14,6 +14,15 @@ restart, with the same message id, and the reactors' inboxes absorb the duplicat
   unaffected, since they only write rows. The rows drain when the broker is back.
 - Unroutable (no queue bound for the routing key), nacked: the row stays pending with the error and is
   retried later with a per-row backoff, so it cannot block the rows behind it.
+- A reactor's queue deleted (by an operator, say) is not an unroutable case when other reactors' queues
+  still take the event: the broker confirms and that reactor would silently miss it. So around every batch
+  the relay checks that the queue of each registered subscription exists (a passive declare each): one
+  missing before the batch is declared again (with its bindings) before publishing; one missing after
+  the batch was confirmed may have missed some of it, so the batch stays pending and is published again
+  (after the queue is declared again; the other reactors' inboxes absorb the copies). Counted in
+  `relay_queues_redeclared`. What remains: a queue deleted *and* declared again between the two checks of
+  one batch (milliseconds), and the messages inside a queue when it is deleted, which deleting destroys
+  (change a queue's arguments with `order-saga queues migrate`, which moves them, instead).
 """
 
 from __future__ import annotations
@@ -40,7 +49,7 @@ from infra.settings import Settings
 from messaging.broker import BROKER_UNAVAILABLE, ConfirmedPublisher
 from messaging.models import PENDING, PUBLISHED, OutboxEvent
 from messaging.outbox import OUTBOX_CHANNEL
-from messaging.topology import Subscription, Topology, declare_topology
+from messaging.topology import Subscription, Topology, declare_subscription, declare_topology, missing_queues
 from observability import tracing
 from observability.logs import log_context
 from observability.metrics import metrics
@@ -223,6 +232,7 @@ class OutboxRelay:
             return result
         try:
             await self._ensure_topology()
+            await self._redeclare_missing_queues()
         except BROKER_UNAVAILABLE as err:
             result.broker_error = _describe(err)
             return result
@@ -236,7 +246,35 @@ class OutboxRelay:
                 result.refused[event.id] = outcome[1]
             else:
                 result.broker_error = outcome[1]
+        if result.published:
+            try:
+                vanished = await self._redeclare_missing_queues()
+            except BROKER_UNAVAILABLE as err:  # not known to have reached every queue: publish it again
+                vanished = [f"not checked ({_describe(err)})"]
+            if vanished:
+                result.broker_error = f"queue(s) vanished during the batch, publishing it again: {vanished}"
+                result.published.clear()
+                result.confirmed.clear()
         return result
+
+    async def _redeclare_missing_queues(self) -> list[str]:
+        """Declare again (with their bindings) the registered reactors' queues that do not exist; their
+        names. Raises `BROKER_UNAVAILABLE` errors."""
+        if not self._subscriptions:
+            return []
+        timeout = self._settings.broker_call_timeout_seconds
+        by_queue = {
+            self._topology.queue(subscription.reactor): subscription for subscription in self._subscriptions
+        }
+        missing = await missing_queues(self._publisher.side_channel, by_queue, timeout)
+        if missing:
+            channel = await self._publisher.channel()
+            for name in missing:
+                subscription = by_queue[name]
+                log.warning("queue %s is missing (deleted?): declaring it again with its bindings", name)
+                metrics().relay_queues_redeclared.labels(subscription.reactor).inc()
+                await declare_subscription(channel, self._topology, subscription, timeout)
+        return missing
 
     async def _publish_one(self, event: PendingEvent) -> tuple[str, str] | Confirmed:
         """The confirmed publish, or why the row was not published ("refused" or "broker", and the error)."""

@@ -26,10 +26,11 @@ to the DLQ) and redrives are publishes with publisher confirms, not broker dead-
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import aiormq
 from aio_pika import ExchangeType
 from aio_pika.abc import AbstractChannel
 
@@ -131,6 +132,24 @@ async def declare_topology(
     await declare_exchange(channel, topology, call_timeout)
     for subscription in subscriptions:
         await declare_subscription(channel, topology, subscription, call_timeout)
+
+
+async def missing_queues(
+    open_channel: Callable[[], Awaitable[AbstractChannel]], names: Iterable[str], call_timeout: float
+) -> list[str]:
+    """Which of the queues `names` do not exist (a passive declare each: one round trip per queue).
+
+    `open_channel` gives a channel that may be closed by the broker (a passive declare of a missing queue
+    closes its channel with 404); it is asked again for each queue. Raises what the broker link raises.
+    """
+    missing: list[str] = []
+    for name in names:
+        channel = await open_channel()
+        try:
+            await channel.declare_queue(name, passive=True, timeout=call_timeout)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            missing.append(name)
+    return missing
 
 
 async def delete_topology(

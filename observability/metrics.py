@@ -52,6 +52,10 @@ class ServiceMetrics:
     reactor_handling: Histogram
     reactor_event_age: Histogram
     reactor_dlq_depth: Gauge
+    reactor_consuming: Gauge
+    reactor_consumer_cancellations: Counter
+    reactor_consumer_recoveries: Counter
+    relay_queues_redeclared: Counter
 
 
 @functools.cache
@@ -115,6 +119,26 @@ def metrics() -> ServiceMetrics:
         ),
         reactor_dlq_depth=Gauge(
             "reactor_dlq_messages", "Messages in a reactor's dead-letter queue.", ["reactor"]
+        ),
+        reactor_consuming=Gauge(
+            "reactor_consuming",
+            "1 while a reactor consumes its queue, 0 while it reconnects or recovers (its readiness).",
+            ["reactor"],
+        ),
+        reactor_consumer_cancellations=Counter(
+            "reactor_consumer_cancellations",
+            "Consumers of a reactor cancelled by the broker (basic.cancel: its queue deleted, say).",
+            ["reactor"],
+        ),
+        reactor_consumer_recoveries=Counter(
+            "reactor_consumer_recoveries",
+            "Times a reactor consumed again (queue redeclared) after the broker cancelled its consumer.",
+            ["reactor"],
+        ),
+        relay_queues_redeclared=Counter(
+            "relay_queues_redeclared",
+            "Reactor queues the relay found missing before or after a publish batch and declared again.",
+            ["reactor"],
         ),
     )
 

@@ -3,7 +3,8 @@
 order-saga orders place --item SKU-A:2 --token tok_ok --country DE
 order-saga orders show ORDER_ID | orders list [--status S] | orders cancel ORDER_ID
 order-saga dlq list REACTOR | dlq redrive REACTOR [IDS...] [--all]
-order-saga outbox status
+order-saga outbox status | queues migrate REACTOR... | retention run
+order-saga timeline ORDER_ID | asyncapi
 order-saga demo
 """
 
@@ -21,7 +22,7 @@ from rich.table import Table
 from infra.db import open_database
 from infra.retention import RetentionReport, run_retention
 from infra.settings import load_settings
-from ops import demo, dlq_commands
+from ops import demo, dlq_commands, queues
 from ops.api_client import ApiError, OrdersApi
 from ops.inspect import asyncapi_command, timeline_command
 from ops.outbox_status import OutboxStatus, outbox_status
@@ -37,6 +38,7 @@ retention_app = typer.Typer(
 app.add_typer(orders_app, name="orders")
 app.add_typer(dlq_commands.app, name="dlq", help="Dead letters of a reactor: list and redrive.")
 app.add_typer(outbox_app, name="outbox")
+app.add_typer(queues.app, name="queues")
 app.add_typer(retention_app, name="retention")
 app.command("timeline")(timeline_command)
 app.command("asyncapi")(asyncapi_command)

@@ -21,24 +21,14 @@ from aio_pika.abc import AbstractIncomingMessage
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from infra.settings import Settings
+from messaging import headers as amqp_headers
 from messaging.broker import ConfirmedPublisher, close_quietly, connect
+from messaging.headers import DeadLetterHeaders
 from messaging.topology import Topology
 from observability import tracing
 from reactors.models import DeliveryOutcome, DeliveryRecord
-from reactors.runtime import ATTEMPT_HEADER, DeadLetterHeaders
 
 DEFAULT_LIMIT = 1_000
-_BOOKKEEPING = {
-    "x-death",
-    "x-delivery-count",
-    "x-first-death-exchange",
-    "x-first-death-queue",
-    "x-first-death-reason",
-    "x-last-error",
-    DeadLetterHeaders.REASON,
-    DeadLetterHeaders.AT,
-    DeadLetterHeaders.ATTEMPTS,
-}
 
 
 @dataclass(frozen=True)
@@ -58,7 +48,7 @@ def describe(message: AbstractIncomingMessage) -> DeadLetter:
     reason = headers.get(DeadLetterHeaders.REASON)
     attempts = headers.get(DeadLetterHeaders.ATTEMPTS)
     at = headers.get(DeadLetterHeaders.AT)
-    deaths = headers.get("x-death")
+    deaths = headers.get(amqp_headers.DEATHS)
     if reason is None and isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
         # Dead-lettered by the broker itself: the consumer failed to ack it x-delivery-limit times.
         death = deaths[0]
@@ -125,10 +115,8 @@ async def redrive(
             if message_ids is not None and letter.message_id not in message_ids:
                 continue  # left unacked: back in the DLQ when the channel closes
             previous = message.headers.get(DeadLetterHeaders.REDRIVEN)
-            headers: dict[str, object] = {
-                key: value for key, value in message.headers.items() if key not in _BOOKKEEPING
-            }
-            headers[ATTEMPT_HEADER] = 1
+            headers = amqp_headers.without(message.headers, amqp_headers.DEAD_LETTER_BOOKKEEPING)
+            headers[amqp_headers.ATTEMPT] = 1
             headers[DeadLetterHeaders.REDRIVEN] = (previous if isinstance(previous, int) else 0) + 1
             await publisher.publish(
                 exchange="",

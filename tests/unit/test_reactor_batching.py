@@ -8,7 +8,7 @@ from typing import Any, cast
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
-from reactors.runtime import _Intake
+from reactors.runtime.transport import Intake as _Intake
 from reactors.sql import sum_counters
 
 pytestmark = pytest.mark.unit

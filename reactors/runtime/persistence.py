@@ -1,0 +1,200 @@
+"""The reactor's rows: inbox (deduplication) and delivery ledger, written with the handler's effects.
+
+Shapes: a `Delivery` is one message of a batch, parsed; a ledger row is a plain dict of
+`reactors.models.DeliveryRecord` columns (two per delivery: `received`, then its outcome). Errors: whatever
+the database raises propagates (the caller decides: a failed batch is handled again message by message),
+except in `Ledger.record`, which logs and swallows, since losing a ledger row must not lose a message.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from aio_pika.abc import AbstractIncomingMessage
+from opentelemetry import trace
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from contracts.envelope import ReceivedEvent
+from infra.models import utcnow
+from messaging.headers import DeadLetterHeaders
+from observability import tracing
+from reactors.base import Reactor
+from reactors.models import DeliveryOutcome, DeliveryRecord, InboxMessage
+from reactors.sql import dialect_insert, table_of
+
+log = logging.getLogger(__name__)
+
+MAX_DETAIL_LENGTH = 2_000
+
+
+@dataclass(eq=False)  # hashed by identity: two copies of one event are two deliveries
+class Delivery:
+    """A parsed message of a batch: the message, its event, which attempt this is (1-based), and its
+    consumer span (started, not current; ended once the delivery is settled)."""
+
+    message: AbstractIncomingMessage
+    event: ReceivedEvent
+    attempt: int
+    span: trace.Span
+
+    @property
+    def trace_id(self) -> str | None:
+        context = self.span.get_span_context()
+        return format(context.trace_id, "032x") if context.is_valid else None
+
+    @property
+    def redriven(self) -> str | None:
+        """The ledger detail of a processed delivery that came back from the DLQ."""
+        return "redriven" if self.message.headers.get(DeadLetterHeaders.REDRIVEN) else None
+
+
+class Ledger:
+    """Inbox and ledger rows of one reactor (`consumer` = the reactor's name)."""
+
+    def __init__(self, reactor: Reactor, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._reactor = reactor
+        self._sessions = sessions
+
+    @property
+    def consumer(self) -> str:
+        return self._reactor.name
+
+    async def applied(self, event_ids: Sequence[str]) -> set[str]:
+        """Which of these events have an inbox row already (a hint: the inbox insert is the real guard)."""
+        async with self._sessions() as session:
+            return set(
+                await session.scalars(
+                    select(InboxMessage.message_id).where(
+                        InboxMessage.consumer == self.consumer, InboxMessage.message_id.in_(event_ids)
+                    )
+                )
+            )
+
+    async def commit(
+        self, deliveries: Sequence[Delivery], leads: dict[str, Delivery], received_at: datetime
+    ) -> dict[Delivery, str]:
+        """One transaction: the inbox rows of `leads` (the first copy of each event), the reactor's effects
+        for those not applied before, and two ledger rows for every delivery of an event in `leads`.
+        Returns the outcome of each such delivery: `processed` for a lead applied now, else
+        `duplicate_ignored`. Deliveries of events not in `leads` are not touched. Raises what the
+        database or the reactor raises (nothing is then written)."""
+        outcomes: dict[Delivery, str] = {}
+        rows: list[dict[str, object]] = []
+        async with self._sessions() as session, session.begin():
+            fresh = await self._insert_inbox(session, [lead.event for lead in leads.values()])
+            to_apply = [lead.event for lead in leads.values() if lead.event.id in fresh]
+            if len(to_apply) == 1:
+                await self._reactor.apply(to_apply[0], session)  # a lone event goes through `apply`
+            elif to_apply:
+                await self._reactor.apply_all(to_apply, session)
+            for delivery in deliveries:
+                lead = leads.get(delivery.event.id)
+                if lead is None:
+                    continue
+                processed = delivery is lead and delivery.event.id in fresh
+                outcome = DeliveryOutcome.PROCESSED if processed else DeliveryOutcome.DUPLICATE_IGNORED
+                rows += self.rows(
+                    delivery.event.id,
+                    delivery.event,
+                    delivery.attempt,
+                    received_at,
+                    delivery.trace_id,
+                    outcome,
+                    delivery.redriven if processed else None,
+                )
+                outcomes[delivery] = outcome
+            await _write(session, rows)
+        return outcomes
+
+    async def record(
+        self,
+        message_id: str,
+        event: ReceivedEvent | None,
+        attempt: int,
+        received_at: datetime,
+        outcome: str,
+        detail: str,
+    ) -> None:
+        """The ledger rows of a delivery that made no effect (retried, dead-lettered), in their own
+        transaction, in the current span's trace. Never raises: a lost ledger row must not lose the
+        message."""
+        trace_id = tracing.current_trace_id()
+        try:
+            async with self._sessions() as session, session.begin():
+                await _write(
+                    session, self.rows(message_id, event, attempt, received_at, trace_id, outcome, detail)
+                )
+        except Exception as err:
+            log.warning("%s: could not record %s of %s: %s", self.consumer, outcome, message_id, err)
+
+    def rows(
+        self,
+        message_id: str,
+        event: ReceivedEvent | None,
+        attempt: int,
+        received_at: datetime,
+        trace_id: str | None,
+        outcome: str,
+        detail: str | None = None,
+    ) -> list[dict[str, object]]:
+        """The two ledger rows of a delivery: `received` (at `received_at`), then `outcome` (now, with the
+        duration since `received_at` in milliseconds and `detail` cut to 2,000 characters)."""
+        common = {
+            "consumer": self.consumer,
+            "message_id": message_id,
+            "event_type": event.type if event is not None else None,
+            "subject": event.subject if event is not None else None,
+            "attempt": attempt,
+            "trace_id": trace_id,
+        }
+        now = utcnow()
+        return [
+            {
+                **common,
+                "outcome": DeliveryOutcome.RECEIVED,
+                "detail": None,
+                "created_at": received_at,
+                "duration_ms": None,
+            },
+            {
+                **common,
+                "outcome": outcome,
+                "detail": detail[:MAX_DETAIL_LENGTH] if detail else None,
+                "created_at": now,
+                "duration_ms": (now - received_at).total_seconds() * 1000,
+            },
+        ]
+
+    async def _insert_inbox(self, session: AsyncSession, events: Sequence[ReceivedEvent]) -> set[str]:
+        """Insert the events' inbox rows; the ids of those that were not there yet."""
+        if not events:
+            return set()
+        now = utcnow()
+        # Parameters apart from the statement: its compiled form is cached (SQLAlchemy's "insertmanyvalues"
+        # still sends one multi-row INSERT).
+        inserted = await session.scalars(
+            dialect_insert(session)(InboxMessage)
+            .on_conflict_do_nothing(index_elements=[InboxMessage.consumer, InboxMessage.message_id])
+            .returning(InboxMessage.message_id),
+            [
+                {
+                    "consumer": self.consumer,
+                    "message_id": event.id,
+                    "event_type": event.type,
+                    "subject": event.subject,
+                    "processed_at": now,
+                }
+                for event in events
+            ],
+        )
+        return set(inserted)
+
+
+async def _write(session: AsyncSession, rows: list[dict[str, object]]) -> None:
+    """One Core insert for all the rows (no ORM objects: the ledger is written on every message)."""
+    if rows:
+        await session.execute(insert(table_of(DeliveryRecord)), rows)
