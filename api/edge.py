@@ -1,0 +1,150 @@
+"""The API's front door: who is calling and how often, decided before a byte of the body is read.
+
+FastAPI reads a route's body before it resolves the route's dependencies, so an authentication
+dependency alone lets an anonymous client make the process buffer whatever it sends. `EdgeGuard`, an
+ASGI middleware in front of the routes, therefore:
+
+1. authenticates the caller of every route that needs an API key (401 problem, body left unread), and
+   hands the principal to the route's scope check (`api.deps`);
+2. rate-limits each principal (`API_RATE_LIMIT`, the `limits` library, moving window, in this
+   process's memory): 429 problem with `Retry-After`, body left unread.
+
+The size of what is then read is capped by FastAPI's own request-body limit (`max_body_size`, set from
+`API_MAX_BODY_BYTES` in `api.app`): 413 from `Content-Length` before reading, and a running count for a
+chunked body, which stops reading at the cap instead of buffering the rest.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from http import HTTPStatus
+
+from fastapi.routing import APIRoute
+from fastapi.security.utils import get_authorization_scheme_param
+from limits import RateLimitItem, parse_many
+from limits.aio.storage import MemoryStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from api.problems import ApiProblem, problem_type, render_problem
+from api.security import ApiKeyRing, Principal
+
+# Where the middleware leaves the authenticated principal for the route's dependencies.
+PRINCIPAL_SCOPE_KEY = "order_saga.principal"
+
+
+def unauthenticated(*, key_presented: bool) -> ApiProblem:
+    """401: no bearer key, or one that is not configured."""
+    if not key_presented:
+        return ApiProblem(
+            HTTPStatus.UNAUTHORIZED,
+            "send an API key as `Authorization: Bearer <key>`",
+            type_=problem_type("unauthenticated"),
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return ApiProblem(
+        HTTPStatus.UNAUTHORIZED,
+        "the API key is not valid",
+        type_=problem_type("unauthenticated"),
+        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+    )
+
+
+def bearer_key(headers: Headers) -> str | None:
+    """The key of an `Authorization: Bearer <key>` header, or None (absent, or another scheme)."""
+    scheme, credentials = get_authorization_scheme_param(headers.get("authorization"))
+    if not scheme or not credentials or scheme.lower() != "bearer":
+        return None
+    return credentials
+
+
+class RateLimiter:
+    """Per-principal request budget (`limits` rate strings such as `"50/second;1000/minute"`).
+
+    In-process memory: each API replica keeps its own count, so N replicas allow N times the rate.
+    """
+
+    def __init__(self, rate: str) -> None:
+        self._items: list[RateLimitItem] = parse_many(rate)
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    async def retry_after(self, principal: str) -> int | None:
+        """Count one request; None if it is within every limit, else the seconds until it would be."""
+        for item in self._items:
+            if not await self._limiter.hit(item, principal):
+                reset_at, _ = await self._limiter.get_window_stats(item, principal)
+                return max(1, math.ceil(reset_at - time.time()))
+        return None
+
+
+def rate_limited(seconds: int) -> ApiProblem:
+    return ApiProblem(
+        HTTPStatus.TOO_MANY_REQUESTS,
+        f"too many requests with this API key; retry in {seconds} s",
+        type_=problem_type("rate-limited"),
+        headers={"Retry-After": str(seconds)},
+    )
+
+
+def needs_api_key(route: BaseRoute, authenticate: object) -> bool:
+    """True for an API route whose dependencies (at any depth) include `authenticate`."""
+    if not isinstance(route, APIRoute):
+        return False
+    pending = list(route.dependant.dependencies)
+    while pending:
+        dependency = pending.pop()
+        if dependency.call is authenticate:
+            return True
+        pending.extend(dependency.dependencies)
+    return False
+
+
+class EdgeGuard:
+    """ASGI middleware: authenticate and rate-limit the routes that need an API key, before they read.
+
+    `routes`: the app's routes in the router's order, each with whether it needs an API key.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        key_ring: ApiKeyRing,
+        routes: Iterable[tuple[BaseRoute, bool]],
+        limiter: RateLimiter | None,
+    ) -> None:
+        self.app = app
+        self._key_ring = key_ring
+        self._routes = list(routes)
+        self._limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self._is_protected(scope):
+            await self.app(scope, receive, send)
+            return
+        key = bearer_key(Headers(scope=scope))
+        principal: Principal | None = None if key is None else self._key_ring.authenticate(key)
+        refusal: ApiProblem | None = None
+        if principal is None:
+            refusal = unauthenticated(key_presented=key is not None)
+        elif self._limiter is not None and (wait := await self._limiter.retry_after(principal.name)):
+            refusal = rate_limited(wait)
+        if refusal is not None:
+            # Answered without calling `receive`: the body, however large, is never read.
+            await render_problem(Request(scope), refusal)(scope, receive, send)
+            return
+        scope[PRINCIPAL_SCOPE_KEY] = principal
+        await self.app(scope, receive, send)
+
+    def _is_protected(self, scope: Scope) -> bool:
+        # The first route that matches fully is the one the router will run; no match is its 404/405.
+        for route, protected in self._routes:
+            match, _ = route.matches(scope)
+            if match == Match.FULL:
+                return protected
+        return False
