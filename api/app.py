@@ -64,7 +64,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     /docs and /redoc load Swagger UI and ReDoc from assets bundled with `fastapi-offline`, served by
     this app under /static-offline-docs: no CDN, so they work offline. Request bodies are capped at
-    `API_MAX_BODY_BYTES` (FastAPI's `max_body_size`: 413, before reading when Content-Length says so).
+    `API_MAX_BODY_BYTES` (413; see `api.edge` for what is decided before reading).
     """
 
     @asynccontextmanager
@@ -79,7 +79,6 @@ def create_app(settings: Settings) -> FastAPI:
         description=DESCRIPTION,
         openapi_tags=TAGS,
         lifespan=lifespan,
-        max_body_size=settings.api_max_body_bytes,
         swagger_ui_parameters=SWAGGER_UI_PARAMETERS,
     )
     app.openapi = _openapi_with_problem_media_type(app)  # type: ignore[method-assign]
@@ -87,13 +86,15 @@ def create_app(settings: Settings) -> FastAPI:
     routers = [orders.router, products.router, customers.router, analytics.router]
     routers += [health.router, observability.router]
     for router in routers:
-        app.include_router(router)
+        # The running cap of a body as it is read (a chunked one); a declared length is EdgeGuard's.
+        app.include_router(router, max_body_size=settings.api_max_body_bytes)
     app.add_middleware(
         EdgeGuard,
         key_ring=ApiKeyRing.from_settings(settings),
         # The routers' own routes carry their full paths; the app wraps them when it includes them.
         routes=[(route, needs_api_key(route, authenticate_caller)) for r in routers for route in r.routes],
         limiter=RateLimiter(settings.api_rate_limit) if settings.api_rate_limit else None,
+        max_body_bytes=settings.api_max_body_bytes,
     )
     # With tracing on, each request gets a server span: the root of an order placement's trace.
     tracing.instrument_app(app)

@@ -1,4 +1,5 @@
-"""The API's front door: who is calling and how often, decided before a byte of the body is read.
+"""The API's front door: who is calling, how often, and how much they send, decided before a byte of
+the body is read.
 
 FastAPI reads a route's body before it resolves the route's dependencies, so an authentication
 dependency alone lets an anonymous client make the process buffer whatever it sends. `EdgeGuard`, an
@@ -7,11 +8,13 @@ ASGI middleware in front of the routes, therefore:
 1. authenticates the caller of every route that needs an API key (401 problem, body left unread), and
    hands the principal to the route's scope check (`api.deps`);
 2. rate-limits each principal (`API_RATE_LIMIT`, the `limits` library, moving window, in this
-   process's memory): 429 problem with `Retry-After`, body left unread.
+   process's memory): 429 problem with `Retry-After`, body left unread;
+3. refuses a `Content-Length` above `API_MAX_BODY_BYTES` (413 problem, body left unread).
 
-The size of what is then read is capped by FastAPI's own request-body limit (`max_body_size`, set from
-`API_MAX_BODY_BYTES` in `api.app`): 413 from `Content-Length` before reading, and a running count for a
-chunked body, which stops reading at the cap instead of buffering the rest.
+A body without a length (chunked) is capped while it is read by FastAPI's own request-body limit
+(`max_body_size`, set on the routers in `api.app`): reading stops at the first chunk past the cap, and
+the 413 goes through the app's problem handlers. (FastAPI's limit alone would answer a declared
+oversized body in plain text, and would do so in place of the 401 above: hence step 3 here.)
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ from starlette.requests import Request
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.problems import ApiProblem, problem_type, render_problem
-from api.security import ApiKeyRing, Principal
+from api.problems import ApiProblem, body_too_large, problem_type, render_problem
+from api.security import ApiKeyRing
 
 # Where the middleware leaves the authenticated principal for the route's dependencies.
 PRINCIPAL_SCOPE_KEY = "order_saga.principal"
@@ -91,6 +94,14 @@ def rate_limited(seconds: int) -> ApiProblem:
     )
 
 
+def _declared_length(headers: Headers) -> int:
+    try:
+        return int(headers.get("content-length", "0"))
+    except ValueError:
+        # Not a length: the server (uvicorn) refuses such a request before it gets here.
+        return 0
+
+
 def needs_api_key(route: BaseRoute, authenticate: object) -> bool:
     """True for an API route whose dependencies (at any depth) include `authenticate`."""
     if not isinstance(route, APIRoute):
@@ -117,28 +128,35 @@ class EdgeGuard:
         key_ring: ApiKeyRing,
         routes: Iterable[tuple[BaseRoute, bool]],
         limiter: RateLimiter | None,
+        max_body_bytes: int,
     ) -> None:
         self.app = app
         self._key_ring = key_ring
         self._routes = list(routes)
         self._limiter = limiter
+        self._max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self._is_protected(scope):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        key = bearer_key(Headers(scope=scope))
-        principal: Principal | None = None if key is None else self._key_ring.authenticate(key)
+        headers = Headers(scope=scope)
         refusal: ApiProblem | None = None
-        if principal is None:
-            refusal = unauthenticated(key_presented=key is not None)
-        elif self._limiter is not None and (wait := await self._limiter.retry_after(principal.name)):
-            refusal = rate_limited(wait)
+        if self._is_protected(scope):
+            key = bearer_key(headers)
+            principal = None if key is None else self._key_ring.authenticate(key)
+            if principal is None:
+                refusal = unauthenticated(key_presented=key is not None)
+            elif self._limiter is not None and (wait := await self._limiter.retry_after(principal.name)):
+                refusal = rate_limited(wait)
+            else:
+                scope[PRINCIPAL_SCOPE_KEY] = principal
+        if refusal is None and _declared_length(headers) > self._max_body_bytes:
+            refusal = body_too_large(self._max_body_bytes)
         if refusal is not None:
             # Answered without calling `receive`: the body, however large, is never read.
             await render_problem(Request(scope), refusal)(scope, receive, send)
             return
-        scope[PRINCIPAL_SCOPE_KEY] = principal
         await self.app(scope, receive, send)
 
     def _is_protected(self, scope: Scope) -> bool:

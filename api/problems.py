@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 
 from api.errors import (
     CancelRefused,
@@ -107,6 +108,18 @@ class ApiProblem(Exception):
         self.errors = list(errors)
         self.headers = dict(headers or {})
         self.extensions = extensions
+
+
+def body_too_large(limit: int | None) -> ApiProblem:
+    """413: the body is (or was announced as) larger than `API_MAX_BODY_BYTES`."""
+    return ApiProblem(
+        HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+        f"the request body is larger than the {limit} bytes this API accepts"
+        if limit is not None
+        else "the request body is larger than this API accepts",
+        type_=problem_type("body-too-large"),
+        max_body_bytes=limit,
+    )
 
 
 def invalid_cursor(err: Exception) -> ApiProblem:
@@ -298,6 +311,9 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
+            # FastAPI's running cap of a (chunked) body: the same problem as a declared oversized one.
+            return render_problem(request, body_too_large(request.scope.get(MAX_BODY_SIZE_SCOPE_KEY)))
         status = HTTPStatus(exc.status_code)
         # Keeps headers such as `Allow` (405) and `WWW-Authenticate` (401).
         return problem_response(request, status, status.phrase, str(exc.detail), headers=exc.headers)
