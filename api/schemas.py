@@ -64,7 +64,8 @@ PaymentToken = Annotated[
     StringConstraints(pattern=r"^[A-Za-z0-9_-]+$", min_length=1, max_length=100),
     Field(
         description="A token from the payment provider. Simulated provider: `tok_ok` succeeds, "
-        "`tok_declined` is declined, `tok_flaky` fails twice transiently, then succeeds.",
+        "`tok_declined` is declined, `tok_flaky` fails twice transiently, then succeeds, `tok_hold` "
+        "holds the charge for 5 s, then succeeds (time to cancel).",
         examples=["tok_ok"],
     ),
 ]
