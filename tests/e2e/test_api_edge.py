@@ -6,16 +6,24 @@ buffered" are measured, not assumed (httpx's ASGI transport hands the app a chun
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
+from temporalio.testing import WorkflowEnvironment
 
+from infra.settings import Settings
 from tests.e2e.conftest import ApiFactory, ApiHarness, auth, order_body
+from tests.support import ROOT, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -164,3 +172,109 @@ async def test_the_docs_pages_load_everything_from_the_api_itself(api: ApiHarnes
         assert served.status_code == 200, (asset, served.status_code)
         assert len(served.content) > 0
     assert "/openapi.json" in html
+
+
+# --- the same over real HTTP, against `python -m api`: what the process holds while refusing
+
+RESET = 0
+
+
+async def _post_without_waiting(port: int, headers: dict[str, str], *, chunked: bool, send: bool) -> int:
+    """POST /orders with a 50 MB body, writing it while reading the answer; stop writing once answered.
+
+    `send=False` writes only the head: an answer then proves the server decided without the body.
+    Returns the status, or RESET when the server's close overtook its answer.
+    """
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    framing = {"Transfer-Encoding": "chunked"} if chunked else {"Content-Length": str(FIFTY_MB)}
+    head = {"Host": "api", "Connection": "close", **headers, **framing}
+    writer.write(
+        ("POST /orders HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in head.items()) + "\r\n").encode()
+    )
+
+    async def write_body() -> None:
+        piece = b" " * CHUNK
+        frame = f"{CHUNK:x}\r\n".encode() + piece + b"\r\n" if chunked else piece
+        with contextlib.suppress(ConnectionError):
+            for _ in range(FIFTY_MB // CHUNK):
+                writer.write(frame)
+                await writer.drain()
+
+    writer_task = asyncio.create_task(write_body() if send else asyncio.sleep(0))
+    try:
+        status_line = await asyncio.wait_for(reader.readline(), 60)
+    except (ConnectionError, asyncio.IncompleteReadError):
+        # Having answered, the server closes a connection whose body it did not read; the reset this
+        # sends a client still writing can overtake the answer. RESET: refused, answer unseen.
+        return RESET
+    finally:
+        writer_task.cancel()
+        with contextlib.suppress(BaseException):
+            await writer_task
+        # The server may reset a connection whose body it did not read: just drop ours.
+        writer.transport.abort()
+    return int(status_line.split()[1])
+
+
+def _peak_rss_mib(pid: int) -> float:
+    """The process's peak resident set size so far (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM in /proc")
+
+
+@pytest.mark.slow
+async def test_the_api_process_does_not_buffer_refused_50_mb_bodies(
+    temporal_env: WorkflowEnvironment, database: tuple[Settings, object], tmp_path: Path
+) -> None:
+    settings, _ = database
+    port = free_port()
+    server = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "api",
+        cwd=tmp_path,
+        env={
+            "PYTHONPATH": str(ROOT),
+            "DATABASE_URL": settings.database_url,
+            "TEMPORAL_ADDRESS": temporal_env.client.service_client.config.target_host,
+            "API_PORT": str(port),
+            "LOG_LEVEL": "WARNING",
+        },
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+    key = {"Authorization": f"Bearer {Settings.DEVELOPMENT_API_KEY}"}
+    json_headers = {"Content-Type": "application/json", "Idempotency-Key": str(uuid.uuid4())}
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http, asyncio.timeout(60):
+            while True:
+                with contextlib.suppress(httpx.TransportError):
+                    if (await http.get("/readyz")).status_code == 200:
+                        break
+                await asyncio.sleep(0.2)
+        before = _peak_rss_mib(server.pid)
+
+        # The issue's case: 8 concurrent unauthenticated 50 MB POSTs (about 820 MiB held before).
+        unauthenticated = await asyncio.gather(
+            *(_post_without_waiting(port, json_headers, chunked=n % 2 == 0, send=True) for n in range(8))
+        )
+        # Decided on the head alone: nothing of the body was ever sent.
+        head_only = [
+            await _post_without_waiting(port, json_headers, chunked=False, send=False),
+            await _post_without_waiting(port, {**json_headers, **key}, chunked=False, send=False),
+        ]
+        # Authenticated, chunked: read up to the cap, then refused.
+        capped = await asyncio.gather(
+            *(_post_without_waiting(port, {**json_headers, **key}, chunked=True, send=True) for _ in range(4))
+        )
+        after = _peak_rss_mib(server.pid)
+    finally:
+        server.terminate()
+        await server.wait()
+
+    assert set(unauthenticated) <= {401, RESET}, unauthenticated
+    assert head_only == [401, 413]
+    assert set(capped) <= {413, RESET}, capped
+    # A few MiB of socket and parser buffers at most; buffering one refused body alone would be 50.
+    assert after - before < 40, f"peak RSS grew from {before:.0f} to {after:.0f} MiB"
