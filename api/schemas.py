@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -20,8 +20,7 @@ from pydantic_core import PydanticCustomError
 
 from api.iso_codes import country_codes, currency_codes
 from api.problems import Problem
-from domain.model import OrderStatus
-from reactors.notification.queries import NotificationView
+from domain.model import DuplicateSku, OrderStatus, check_one_line_per_sku
 
 MAX_LINES = 50
 MAX_QUANTITY = 1_000
@@ -65,7 +64,8 @@ PaymentToken = Annotated[
     StringConstraints(pattern=r"^[A-Za-z0-9_-]+$", min_length=1, max_length=100),
     Field(
         description="A token from the payment provider. Simulated provider: `tok_ok` succeeds, "
-        "`tok_declined` is declined, `tok_flaky` fails twice transiently, then succeeds.",
+        "`tok_declined` is declined, `tok_flaky` fails twice transiently, then succeeds, `tok_hold` "
+        "holds the charge for 5 s, then succeeds (time to cancel).",
         examples=["tok_ok"],
     ),
 ]
@@ -153,12 +153,11 @@ class PlaceOrderIn(BaseModel):
     @field_validator("items")
     @classmethod
     def _one_line_per_sku(cls, items: list[OrderItemIn]) -> list[OrderItemIn]:
-        skus = [item.sku for item in items]
-        duplicates = sorted({sku for sku in skus if skus.count(sku) > 1})
-        if duplicates:
-            raise PydanticCustomError(
-                "duplicate_sku", "each SKU may appear once per order: {skus}", {"skus": ", ".join(duplicates)}
-            )
+        # The rule is the domain's; here its refusal becomes a field error on `items` (a 422).
+        try:
+            check_one_line_per_sku(item.sku for item in items)
+        except DuplicateSku as err:
+            raise PydanticCustomError("duplicate_sku", str(err), {"skus": ", ".join(err.skus)}) from err
         return items
 
 
@@ -327,6 +326,50 @@ class CancelAccepted(BaseModel):
     order_id: UUID
     status: OrderStatus = Field(description="The status when the cancel was accepted; it ends CANCELLED.")
     detail: str
+
+
+# --- what the reactors keep (read models), as this API shows it. The class names are the OpenAPI
+# component names clients already know; the reactors' own models stay internal to them.
+
+
+class NotificationView(BaseModel):
+    event_id: str
+    event_type: str = Field(description="`order.shipped` or `order.cancelled`.")
+    recipient: str
+    subject: str
+    body: str
+    message_id: str = Field(description="The mail's Message-ID (from the event id).")
+    status: str = Field(description="`sending` or `sent`.")
+    send_attempts: int
+    created_at: datetime
+    sent_at: datetime | None
+
+
+class LoyaltyEntry(BaseModel):
+    order_id: str
+    points: int
+    reason: str
+    created_at: datetime
+
+
+class LoyaltyAccount(BaseModel):
+    customer_id: str
+    points: int = Field(description="The balance; 0 for a customer without points.")
+    entries: list[LoyaltyEntry] = Field(description="The latest ledger entries, newest first.")
+
+
+class SkuSales(BaseModel):
+    sku: str
+    currency: str
+    units: int
+    revenue: int = Field(description="Minor units of `currency`.")
+
+
+class DailySales(BaseModel):
+    date: date
+    orders_shipped: int
+    orders_cancelled: int = Field(description="Orders closed CANCELLED or FAILED that day.")
+    skus: list[SkuSales] = Field(description="By SKU, then currency.")
 
 
 class OrderNotifications(BaseModel):

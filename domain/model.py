@@ -94,6 +94,29 @@ class PricedLine:
         return self.unit_price.times(self.quantity)
 
 
+class DuplicateSku(InvalidOrder):
+    """An order names a SKU on more than one line; `skus`: those SKUs, sorted."""
+
+    code = "DUPLICATE_SKU"
+
+    def __init__(self, skus: list[str]) -> None:
+        super().__init__("each SKU may appear once per order: " + ", ".join(skus))
+        self.skus = skus
+
+
+def check_one_line_per_sku(skus: Iterable[str]) -> None:
+    """One line per SKU: raises DuplicateSku naming every SKU that appears more than once.
+
+    The one home of the rule: the API checks it while validating a request (its 422), pricing again.
+    """
+    seen: set[str] = set()
+    repeated: set[str] = set()
+    for sku in skus:
+        (repeated if sku in seen else seen).add(sku)
+    if repeated:
+        raise DuplicateSku(sorted(repeated))
+
+
 def price_order(
     items: Iterable[RequestedItem], catalog_prices: Mapping[str, Money]
 ) -> tuple[list[PricedLine], Money]:
@@ -102,9 +125,7 @@ def price_order(
     if not items:
         raise InvalidOrder("an order needs at least one item")
     skus = [item.sku for item in items]
-    duplicates = sorted({sku for sku in skus if skus.count(sku) > 1})
-    if duplicates:
-        raise InvalidOrder("each SKU may appear once per order: " + ", ".join(duplicates))
+    check_one_line_per_sku(skus)
     unknown = [sku for sku in skus if sku not in catalog_prices]
     if unknown:
         raise UnknownProduct(unknown)

@@ -143,6 +143,18 @@ class Settings(BaseSettings):
     api_readiness_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0
     # How long the API waits at start for a Temporal server that is still booting beside it.
     api_temporal_connect_seconds: Annotated[float, Field(ge=0, le=600)] = 60.0
+    # Largest request body the API reads, in bytes: 413 beyond it (from Content-Length before reading,
+    # or once a chunked body passes it). The API relies on no proxy for this.
+    api_max_body_bytes: Annotated[int, Field(ge=1_024, le=1_073_741_824)] = 1_048_576
+    # Requests per API key (principal) and API process, as `limits` rate strings separated by `;`
+    # ("50/second;2000/minute"): 429 with Retry-After beyond. Empty: no limit (development, tests, demo).
+    api_rate_limit: Annotated[
+        str,
+        Field(
+            pattern=r"^(\s*\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day|month|year)s?\s*)?"
+            r"(;\s*\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day|month|year)s?\s*)*$"
+        ),
+    ] = ""
 
     # --- observability: logs, traces, metrics
     # `json`: one JSON object per line with order, workflow, event and trace ids where known.

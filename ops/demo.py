@@ -40,7 +40,9 @@ PATHS = [
     DemoPath("payment declined", (("DEMO-MUG", 1),), token="tok_declined"),
     DemoPath("cannot ship to ZZ", (("DEMO-TEE", 1),), country="ZZ"),
     DemoPath("out of stock", (("DEMO-RARE", 3),)),
-    DemoPath("cancelled by the customer", (("DEMO-MUG", 1),), cancel=True),
+    # `tok_hold` holds the charge for 5 s: the cancel sent right after placing lands while the saga is
+    # still before shipping, however busy or quiet the machine (with `tok_ok` it could ship first).
+    DemoPath("cancelled by the customer", (("DEMO-MUG", 1),), token="tok_hold", cancel=True),
 ]
 
 
@@ -57,6 +59,19 @@ def _order_body(path: DemoPath) -> dict[str, Any]:
             "country": path.country,
         },
     }
+
+
+def place_path(api: OrdersApi, path: DemoPath) -> tuple[str, str]:
+    """Place the path's order (and cancel it at once on the cancel path): its id and a note."""
+    accepted = api.place_order(_order_body(path))
+    note = ""
+    if path.cancel:
+        try:
+            api.cancel(accepted["order_id"], "changed my mind")
+            note = " -> cancel accepted"
+        except ApiError as err:
+            note = f" -> cancel refused: {err.detail or err.title}"
+    return str(accepted["order_id"]), note
 
 
 def _wait_until(check: Any, what: str, console: Console) -> None:
@@ -77,16 +92,9 @@ def run(api: OrdersApi, console: Console) -> None:
     console.rule("2. orders, one per path")
     placed: dict[str, str] = {}
     for path in PATHS:
-        accepted = api.place_order(_order_body(path))
-        placed[path.name] = accepted["order_id"]
-        note = ""
-        if path.cancel:
-            try:
-                api.cancel(accepted["order_id"], "changed my mind")
-                note = " -> cancel accepted"
-            except ApiError as err:
-                note = f" -> cancel refused: {err.detail or err.title}"
-        console.print(f"  {path.name:<28} {accepted['order_id']}{note}")
+        order_id, note = place_path(api, path)
+        placed[path.name] = order_id
+        console.print(f"  {path.name:<28} {order_id}{note}")
 
     console.rule("3. outcomes")
     orders: dict[str, dict[str, Any]] = {}

@@ -143,7 +143,7 @@ async def place_order(
 
 async def request_cancel(client: Client, order_id: str, reason: str) -> CancelOutcome:
     """Ask the saga to cancel. Refused (accepted=False) once shipping has started or it has ended."""
-    handle = client.get_workflow_handle_for(OrderWorkflow.run, workflow_id_for(order_id))
+    handle = client.get_workflow_handle(workflow_id_for(order_id), result_type=OrderSagaResult)
     try:
         return await handle.execute_update(OrderWorkflow.cancel, CancelRequest(reason=reason))
     except WorkflowUpdateFailedError as err:

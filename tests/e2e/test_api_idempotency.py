@@ -10,8 +10,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, text
 
+from api.commands import to_command
 from api.idempotency import request_fingerprint
-from api.order_service import to_command
 from api.schemas import PlaceOrderIn
 from infra import models
 from infra.orders import create_order
