@@ -96,9 +96,11 @@ def parse_amount(text: str) -> Money:
 
 
 def to_decimal(minor_units: int, currency: str) -> Decimal:
-    """The amount in major units, exact: `to_decimal(1500, "KWD") == Decimal("1.500")`."""
+    """The amount in major units, exact at any size: `to_decimal(1500, "KWD") == Decimal("1.500")`."""
     _check_int(minor_units)
-    return Decimal(minor_units).scaleb(-exponent(currency))
+    # Built from its digits: Decimal arithmetic (scaleb, division) would round to the context's precision.
+    sign, digits, _ = Decimal(minor_units).as_tuple()
+    return Decimal((sign, digits, -exponent(currency)))
 
 
 def whole_units(minor_units: int, currency: str) -> int:

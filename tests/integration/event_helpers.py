@@ -25,6 +25,8 @@ def shipped_event(
     customer_id: str = "cust-1",
     lines: tuple[tuple[str, int, int], ...] = (("SKU-A", 2, 1_000),),
     at: datetime | None = None,
+    currency: str = "EUR",
+    email: str | None = None,
 ) -> CloudEvent:
     order_id = order_id or str(uuid.uuid4())
     at = at or datetime.now(UTC)
@@ -34,8 +36,8 @@ def shipped_event(
     payload = OrderShippedV1(
         order_id=order_id,
         customer_id=customer_id,
-        customer_email=f"{customer_id}@example.com",
-        currency="EUR",
+        customer_email=email or f"{customer_id}@example.com",
+        currency=currency,
         total_amount=sum(line.line_total for line in order_lines),
         lines=order_lines,
         shipment=ShipmentV1(carrier="SIM", tracking_number="TRACK-" + order_id[:8]),
@@ -50,13 +52,15 @@ def shipped_event(
     )
 
 
-def cancelled_event(*, order_id: str | None = None, customer_id: str = "cust-1") -> CloudEvent:
+def cancelled_event(
+    *, order_id: str | None = None, customer_id: str = "cust-1", email: str | None = None
+) -> CloudEvent:
     order_id = order_id or str(uuid.uuid4())
     at = datetime.now(UTC)
     payload = OrderCancelledV1(
         order_id=order_id,
         customer_id=customer_id,
-        customer_email=f"{customer_id}@example.com",
+        customer_email=email or f"{customer_id}@example.com",
         final_status="FAILED",
         reason="PAYMENT_DECLINED",
         detail="card declined",
