@@ -146,7 +146,8 @@ async def send_mails(events: Sequence[ReceivedEvent], context: ReactorContext) -
         except SEND_FAILURES as err:
             error = classify(err, mail.recipient)
             if isinstance(error, TransientError) and attempts >= context.settings.reactor_max_attempts:
-                # The runtime stops retrying now: say so in the row rather than leave it `retrying`.
+                # The runtime would dead-letter it after as many attempts: give up here, so that the row
+                # says `failed` with the reason rather than `retrying` for good.
                 error = PermanentError(f"gave up after {attempts} send attempt(s): {error}")
             failed[event_id] = error
             await _record_failure(context.sessions, event_id, claimed.at, error)
