@@ -22,7 +22,6 @@ from api.schemas import (
     DailySales,
     FailureOut,
     LoyaltyAccount,
-    LoyaltyEntry,
     NotificationView,
     OrderLineOut,
     OrderNotifications,
@@ -33,7 +32,6 @@ from api.schemas import (
     PaymentOut,
     ShipmentOut,
     ShippingAddressOut,
-    SkuSales,
     StatusChangeOut,
     TimelineEntryOut,
 )
@@ -127,52 +125,18 @@ class OrderQueries:
             views = await notifications_for_order(session, order_id)
         return OrderNotifications(
             order_id=uuid.UUID(order_id),
-            items=[
-                NotificationView(
-                    event_id=view.event_id,
-                    event_type=view.event_type,
-                    recipient=view.recipient,
-                    subject=view.subject,
-                    body=view.body,
-                    message_id=view.message_id,
-                    status=view.status,
-                    send_attempts=view.send_attempts,
-                    created_at=view.created_at,
-                    sent_at=view.sent_at,
-                )
-                for view in views
-            ],
+            items=[NotificationView.model_validate(view, from_attributes=True) for view in views],
         )
 
     async def loyalty(self, customer_id: str, *, limit: int) -> LoyaltyAccount:
         async with self._sessions() as session:
             account = await loyalty_account(session, customer_id, limit=limit)
-        return LoyaltyAccount(
-            customer_id=account.customer_id,
-            points=account.points,
-            entries=[
-                LoyaltyEntry(
-                    order_id=entry.order_id,
-                    points=entry.points,
-                    reason=entry.reason,
-                    created_at=entry.created_at,
-                )
-                for entry in account.entries
-            ],
-        )
+        return LoyaltyAccount.model_validate(account, from_attributes=True)
 
     async def sales(self, day: date) -> DailySales:
         async with self._sessions() as session:
             sales = await sales_on(session, day)
-        return DailySales(
-            date=sales.date,
-            orders_shipped=sales.orders_shipped,
-            orders_cancelled=sales.orders_cancelled,
-            skus=[
-                SkuSales(sku=sku.sku, currency=sku.currency, units=sku.units, revenue=sku.revenue)
-                for sku in sales.skus
-            ],
-        )
+        return DailySales.model_validate(sales, from_attributes=True)
 
 
 def _order_out(

@@ -6,6 +6,7 @@ from datetime import date, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
+import email_validator
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -18,8 +19,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from api.iso_codes import country_codes, currency_codes
+from api.iso_codes import country_codes
 from api.problems import Problem
+from domain import money
 from domain.model import DuplicateSku, OrderStatus, check_one_line_per_sku
 
 MAX_LINES = 50
@@ -43,9 +45,21 @@ def _known_country(code: str) -> str:
 
 
 def _known_currency(code: str) -> str:
-    if code not in currency_codes():
-        raise PydanticCustomError("currency_code", "not an ISO 4217 currency code: {code}", {"code": code})
+    # The money module decides: ISO 4217 codes with a minor unit (not XXX, XAU...), so that every amount
+    # accepted here can be formatted and converted later.
+    try:
+        money.exponent(code)
+    except money.UnsupportedCurrency as err:
+        raise PydanticCustomError("currency_code", "{reason}", {"reason": str(err), "code": code}) from err
     return code
+
+
+def _mailable(address: str) -> str:
+    # EmailStr returns email-validator's display form, whose domain is Unicode (ada@xn--bcher-kva.example
+    # became ada@bücher.example, which only SMTPUTF8 relays accept). Keep the ASCII (IDNA) form whenever the
+    # local part is ASCII; only a non-ASCII local part (jürgen@example.com) needs SMTPUTF8 to be mailed.
+    ascii_form = email_validator.validate_email(address, check_deliverability=False).ascii_email
+    return ascii_form or address
 
 
 Sku = Annotated[
@@ -58,7 +72,15 @@ CustomerId = Annotated[
     StringConstraints(pattern=CUSTOMER_ID_PATTERN, max_length=64),
     Field(description="The customer's id in the calling system.", examples=["cust-42"]),
 ]
-Email = Annotated[EmailStr, Field(max_length=320, examples=["ada@example.com"])]
+Email = Annotated[
+    EmailStr,
+    AfterValidator(_mailable),
+    Field(
+        max_length=320,
+        description="Kept with an ASCII (IDNA) domain whenever the local part is ASCII.",
+        examples=["ada@example.com"],
+    ),
+]
 PaymentToken = Annotated[
     str,
     StringConstraints(pattern=r"^[A-Za-z0-9_-]+$", min_length=1, max_length=100),
@@ -82,7 +104,11 @@ CurrencyCode = Annotated[
     str,
     StringConstraints(pattern=r"^[A-Z]{3}$"),
     AfterValidator(_known_currency),
-    Field(description="ISO 4217 currency code.", examples=["EUR"]),
+    Field(
+        description="ISO 4217 currency code with a minor unit (amounts are integers of it: JPY 0 decimals, "
+        "EUR 2, KWD 3); codes without one (XXX, XAU...) are refused.",
+        examples=["EUR"],
+    ),
 ]
 ShortText = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=PRINTABLE_TEXT)
@@ -339,10 +365,11 @@ class NotificationView(BaseModel):
     subject: str
     body: str
     message_id: str = Field(description="The mail's Message-ID (from the event id).")
-    status: str = Field(description="`sending` or `sent`.")
+    status: str = Field(description="`sending`, `sent`, `retrying` (a transient SMTP failure) or `failed`.")
     send_attempts: int
     created_at: datetime
     sent_at: datetime | None
+    last_error: str | None = Field(default=None, description="Why the last send failed (retrying, failed).")
 
 
 class LoyaltyEntry(BaseModel):

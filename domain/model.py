@@ -1,4 +1,4 @@
-"""Orders, their lines and money, and the order status machine."""
+"""Orders, their lines and their prices (`Money`, from domain.money), and the order status machine."""
 
 from __future__ import annotations
 
@@ -6,27 +6,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from domain.errors import CurrencyMismatch, InvalidOrder, InvalidStatusTransition, UnknownProduct
-
-
-@dataclass(frozen=True, slots=True)
-class Money:
-    """An amount in integer minor units (cents) of an ISO 4217 currency."""
-
-    amount: int
-    currency: str
-
-    def __post_init__(self) -> None:
-        if len(self.currency) != 3 or not self.currency.isalpha() or not self.currency.isupper():
-            raise InvalidOrder(f"currency must be an ISO 4217 code, got {self.currency!r}")
-
-    def __add__(self, other: Money) -> Money:
-        if other.currency != self.currency:
-            raise CurrencyMismatch(f"cannot add {other.currency} to {self.currency}")
-        return Money(self.amount + other.amount, self.currency)
-
-    def times(self, quantity: int) -> Money:
-        return Money(self.amount * quantity, self.currency)
+from domain.errors import InvalidOrder, InvalidStatusTransition, UnknownProduct
+from domain.money import Money as Money  # re-exported: the order rules price in it
 
 
 class OrderStatus(StrEnum):

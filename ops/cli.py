@@ -24,6 +24,7 @@ from infra.retention import RetentionReport, run_retention
 from infra.settings import load_settings
 from ops import demo, dlq_commands, queues
 from ops.api_client import ApiError, OrdersApi
+from ops.demo import amount_text
 from ops.inspect import asyncapi_command, timeline_command
 from ops.outbox_status import OutboxStatus, outbox_status
 
@@ -103,13 +104,20 @@ def show(order_id: str, api_url: ApiUrl = None, api_key: ApiKey = None) -> None:
         console.print(f"failure: {order['failure']}")
     lines = Table("sku", "quantity", "unit price", "total", title="lines")
     for line in order["lines"]:
-        lines.add_row(line["sku"], str(line["quantity"]), str(line["unit_price"]), str(line["line_total"]))
+        lines.add_row(
+            line["sku"],
+            str(line["quantity"]),
+            amount_text(line["unit_price"], order["currency"]),
+            amount_text(line["line_total"], order["currency"]),
+        )
     history = Table("at", "status", "reason", title="status history")
     for change in order["status_history"]:
         history.add_row(change["at"], change["status"], change.get("reason") or "")
     console.print(lines, history)
     for payment in order.get("payments", []):
-        console.print(f"payment: {payment}")
+        amount = amount_text(payment.get("amount"), payment.get("currency", ""))
+        detail = payment.get("failure_detail") or payment.get("reference") or ""
+        console.print(f"payment: {payment.get('kind')} {amount} {payment.get('status')} {detail}".rstrip())
     if order.get("shipment"):
         console.print(f"shipment: {order['shipment']}")
 
@@ -202,5 +210,4 @@ def run_demo(api_url: ApiUrl = None, api_key: ApiKey = None) -> None:
 
 
 def _money(order: dict[str, Any]) -> str:
-    amount = order.get("total_amount", order.get("total", 0))
-    return f"{int(amount) / 100:.2f} {order.get('currency', '')}"
+    return amount_text(order.get("total_amount", order.get("total", 0)), order.get("currency", ""))

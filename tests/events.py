@@ -24,13 +24,14 @@ def cancelled_payload(
     final_status: str = "FAILED",
     reason: str = "PAYMENT_DECLINED",
     detail: str = "card declined",
+    email: str | None = None,
     at: datetime | None = None,
 ) -> OrderCancelledV1:
     """An OrderCancelled v1 payload: 10.00 EUR, its payment refunded and its stock released."""
     return OrderCancelledV1(
         order_id=order_id,
         customer_id=customer_id,
-        customer_email=f"{customer_id}@example.com",
+        customer_email=email or f"{customer_id}@example.com",
         final_status=final_status,
         reason=reason,
         detail=detail,
@@ -47,6 +48,8 @@ def shipped_event(
     customer_id: str = "cust-1",
     lines: tuple[tuple[str, int, int], ...] = (("SKU-A", 2, 1_000),),
     at: datetime | None = None,
+    currency: str = "EUR",
+    email: str | None = None,
 ) -> CloudEvent:
     order_id = order_id or str(uuid.uuid4())
     at = at or datetime.now(UTC)
@@ -56,8 +59,8 @@ def shipped_event(
     payload = OrderShippedV1(
         order_id=order_id,
         customer_id=customer_id,
-        customer_email=f"{customer_id}@example.com",
-        currency="EUR",
+        customer_email=email or f"{customer_id}@example.com",
+        currency=currency,
         total_amount=sum(line.line_total for line in order_lines),
         lines=order_lines,
         shipment=ShipmentV1(carrier="SIM", tracking_number="TRACK-" + order_id[:8]),
@@ -72,10 +75,12 @@ def shipped_event(
     )
 
 
-def cancelled_event(*, order_id: str | None = None, customer_id: str = "cust-1") -> CloudEvent:
+def cancelled_event(
+    *, order_id: str | None = None, customer_id: str = "cust-1", email: str | None = None
+) -> CloudEvent:
     order_id = order_id or str(uuid.uuid4())
     at = datetime.now(UTC)
-    payload = cancelled_payload(order_id=order_id, customer_id=customer_id, at=at)
+    payload = cancelled_payload(order_id=order_id, customer_id=customer_id, email=email, at=at)
     return new_event(
         ORDER_CANCELLED_V1,
         event_id=event_id_for(workflow_id_for(order_id), ORDER_CANCELLED_V1),

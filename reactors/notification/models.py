@@ -1,4 +1,4 @@
-"""The notifications sent (or being sent) to customers, one per event."""
+"""The notifications sent (or being sent, or that failed) to customers, one per event."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from infra.models import Base, utcnow
 
-SENDING = "sending"
+SENDING = "sending"  # claimed by a notifier, being sent
+RETRYING = "retrying"  # the last send failed transiently (last_error); the event is retried
 SENT = "sent"
+FAILED = "failed"  # dead-lettered: a permanent failure, or the attempts ran out (last_error says which)
 
 
 class Notification(Base):
@@ -28,7 +30,7 @@ class Notification(Base):
     subject: Mapped[str] = mapped_column(String(200))
     body: Mapped[str] = mapped_column(Text)
     message_id: Mapped[str] = mapped_column(String(200))  # the RFC 5322 Message-ID, derived from event_id
-    status: Mapped[str] = mapped_column(String(16))  # sending | sent
+    status: Mapped[str] = mapped_column(String(16))  # sending | retrying | sent | failed
     send_attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     claimed_at: Mapped[datetime] = mapped_column(default=utcnow)
