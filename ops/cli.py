@@ -190,7 +190,7 @@ def retention_run() -> None:
     for name, count in report.deleted.items():
         table.add_row(name, str(count))
     console.print(table)
-    console.print(f"{report.batches} batches in {report.seconds:.2f}s")
+    console.print(f"{report.batches} batches in {round(report.seconds, 2)} s")
 
 
 async def _retention_run() -> RetentionReport:
