@@ -203,6 +203,24 @@ class Settings(BaseSettings):
             data = {**data, url_field: with_password(url, secret)}
         return data
 
+    @field_validator(
+        "database_password",
+        "rabbitmq_password",
+        "temporal_tls_server_ca_cert_path",
+        "temporal_tls_server_ca_cert_data",
+        "temporal_tls_client_cert_path",
+        "temporal_tls_client_cert_data",
+        "temporal_tls_client_key_path",
+        "temporal_tls_client_key_data",
+        "temporal_tls_server_name",
+        "temporal_api_key",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # `VAR=` in an env file means "not set", not an empty path, name or key (which would turn TLS on).
+        return None if value == "" else value
+
     @model_validator(mode="after")
     def _tls_options_consistent(self) -> Settings:
         pairs = (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import statistics
 import time
 import uuid
@@ -13,14 +14,17 @@ import pytest
 from sqlalchemy import func, insert, select
 from temporalio.client import ScheduleActionExecutionStartWorkflow, ScheduleIntervalSpec
 from temporalio.testing import WorkflowEnvironment
+from typer.testing import CliRunner
 
 from entrypoints.worker import build_worker
 from infra import models
 from infra.db import Database
+from infra.models import utcnow
 from infra.orders import create_order
 from infra.retention import run_retention
 from infra.settings import Settings
 from messaging.models import OutboxEvent
+from ops import cli
 from orchestrator.maintenance import (
     RetentionResult,
     ensure_retention_schedule,
@@ -267,3 +271,17 @@ async def test_a_retention_run_under_load_does_not_slow_order_placement(
     )
     async with db.sessions() as session:
         assert await session.scalar(select(func.count()).select_from(models.Order)) == 110 + len(during)
+
+
+@pytest.mark.integration
+async def test_the_cli_runs_the_retention_once(
+    database: tuple[Settings, Database], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, db = database
+    await insert_rows(db, InboxMessage, [inbox_row("old", OLD), inbox_row("now", utcnow())])
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    # The command runs its own event loop (asyncio.run): off this test's loop, in a thread.
+    result = await asyncio.to_thread(CliRunner().invoke, cli.app, ["retention", "run"])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"inbox\s*│\s*1\s", result.output), result.output
+    assert await remaining(db, InboxMessage.message_id) == {"now"}

@@ -385,3 +385,13 @@ def test_logged_settings_show_no_secret(
     assert "starting with" in logged
     for secret in _secret_values():
         assert secret not in logged, secret
+
+
+@pytest.mark.unit
+def test_empty_variables_leave_tls_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`VAR=` lines (as an env file leaves them) mean unset: no empty CA path turning TLS on."""
+    for name in ("TEMPORAL_TLS_SERVER_CA_CERT_PATH", "TEMPORAL_API_KEY", "TEMPORAL_TLS_SERVER_NAME"):
+        monkeypatch.setenv(name, "")
+    settings = load_settings(_env_file=None)
+    assert not settings.temporal_uses_tls
+    assert temporal_connection(settings).tls is False
