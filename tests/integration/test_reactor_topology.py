@@ -9,7 +9,12 @@ mark events published that a vanished queue missed. Changing a queue's arguments
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
@@ -29,6 +34,8 @@ from tests.integration.conftest import EventStack, eventually
 from tests.integration.event_helpers import publish, shipped_event
 
 pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def counted(metric: str, reactor: str) -> float:
@@ -234,3 +241,43 @@ async def test_a_reactor_whose_channel_the_broker_closes_reconnects(events: Even
     event = shipped_event(customer_id="cust-channel", lines=(("SKU-A", 1, 1_000),))
     await publish(events, event)
     await eventually(lambda: processed(events, "loyalty", 1), what="the event applied")
+
+
+async def test_a_reactor_process_on_queues_of_other_arguments_exits_until_the_ops_command_migrates_them(
+    events: EventStack,
+) -> None:
+    """Processes, as a supervisor sees them: `reactors.run` exits non-zero (not idling) while its queue
+    has other arguments; `ops.queues migrate` with the new setting fixes it without losing the message."""
+    old = Topology(events.topology.namespace, events.topology.retry_delays_ms, delivery_limit=7)
+
+    async def declare_old(channel: object) -> None:
+        await declare_subscription(channel, old, LOYALTY.subscription, 5)  # type: ignore[arg-type]
+
+    await broker_call(events, declare_old)
+    waiting = shipped_event(customer_id="cust-process", lines=(("SKU-A", 1, 1_000),))
+    await publish(events, waiting)
+    env = {
+        **os.environ,
+        "DATABASE_URL": events.settings.database_url,
+        "RABBITMQ_URL": events.settings.rabbitmq_url,
+        "BROKER_NAMESPACE": events.settings.broker_namespace,
+        "REACTOR_RETRY_DELAYS_MS": json.dumps(list(events.settings.reactor_retry_delays_ms)),
+        "REACTOR_DELIVERY_LIMIT": str(events.settings.reactor_delivery_limit),
+        "REACTORS_METRICS_PORT": "0",
+    }
+
+    def run(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        )
+
+    refused = await asyncio.to_thread(run, "reactors.run", "loyalty")
+    assert refused.returncode != 0
+    assert "PRECONDITION_FAILED" in refused.stderr
+
+    migrated = await asyncio.to_thread(run, "ops.queues", "migrate", "loyalty")
+    assert migrated.returncode == 0, migrated.stderr
+    assert f"delivery limit {events.settings.reactor_delivery_limit}" in migrated.stdout
+
+    await events.start_reactor(LOYALTY)  # declares the same arguments now: consumes
+    await eventually(lambda: processed(events, "loyalty", 1), what="the message kept through the migration")
