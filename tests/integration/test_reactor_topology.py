@@ -19,13 +19,15 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from contracts.envelope import CloudEvent
+from contracts.envelope import CloudEvent, ReceivedEvent
 from messaging.broker import close_quietly, connect
 from messaging.models import PUBLISHED, OutboxEvent
 from messaging.outbox import add_to_outbox
 from messaging.queue_migration import MigrationRefused, holding_queue, migrate_queues
 from messaging.topology import Topology, declare_subscription, missing_queues
+from reactors.base import Reactor
 from reactors.loyalty.models import LoyaltyLedgerEntry
 from reactors.loyalty.reactor import REACTOR as LOYALTY
 from reactors.models import DeliveryOutcome
@@ -281,3 +283,31 @@ async def test_a_reactor_process_on_queues_of_other_arguments_exits_until_the_op
 
     await events.start_reactor(LOYALTY)  # declares the same arguments now: consumes
     await eventually(lambda: processed(events, "loyalty", 1), what="the message kept through the migration")
+
+
+async def test_a_reactor_whose_wait_queue_is_deleted_redeclares_it_and_still_retries(
+    events: EventStack,
+) -> None:
+    """Drift elsewhere in the topology: the hand-over of a failed message to its wait queue comes back
+    unroutable. Before, the message stayed unacked on the channel for good (no retry, a prefetch slot
+    lost); now the runtime redeclares its queues and the message goes its usual way to the DLQ."""
+
+    async def refuse(event: ReceivedEvent, _session: AsyncSession) -> None:
+        raise ConnectionError(f"downstream refuses {event.subject}")
+
+    reactor = Reactor(name="refusing", routing_keys=("order.shipped.v1",), apply=refuse)
+    await events.start_reactor(reactor)
+    recovered = counted("reactor_consumer_recoveries_total", "refusing")
+    await delete_queue(
+        events, events.topology.wait_queue("refusing", events.settings.reactor_retry_delays_ms[0])
+    )
+    poison = shipped_event()
+    await publish(events, poison)
+
+    async def dead_lettered() -> bool:
+        return len(await events.ledger("refusing", DeliveryOutcome.DEAD_LETTERED)) == 1
+
+    await eventually(dead_lettered, what="the message retried to the end and dead-lettered")
+    assert counted("reactor_consumer_recoveries_total", "refusing") == recovered + 1
+    retries = await events.ledger("refusing", DeliveryOutcome.RETRY_SCHEDULED)
+    assert [record.attempt for record in retries] == [1, 2]
