@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # One image for every component of the order service; docker-compose.yml picks the command per service
-# (python -m api | orchestrator.worker | messaging.relay | reactors.run <name>, alembic upgrade head).
+# (python -m entrypoints.api | entrypoints.worker | entrypoints.relay | entrypoints.reactors <name>,
+# alembic upgrade head).
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 
 # --- builder: a wheel of the project, installed with its runtime dependencies (not the dev extra) into a venv
@@ -32,4 +33,4 @@ COPY migrations/ migrations/
 COPY deploy/healthcheck.py /opt/orders/healthcheck.py
 USER 10001:10001
 EXPOSE 8000
-CMD ["python", "-m", "api"]
+CMD ["python", "-m", "entrypoints.api"]

@@ -33,7 +33,7 @@ demo: install
 	$(BIN)/order-saga demo
 
 worker: install
-	$(BIN)/python -m orchestrator.worker
+	$(BIN)/python -m entrypoints.worker
 
 test: install
 	$(BIN)/pytest
@@ -45,6 +45,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff check --fix .

@@ -6,12 +6,14 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 
-from activities.records import business_failure, lock_order, transition
+from activities.errors import business_failure
+from activities.messages import OrderRef, StepOutcome
+from activities.steps import compensation
 from domain.errors import OutOfStock
 from domain.model import OrderStatus
 from infra import models
 from infra.db import rowcount
-from orchestrator.messages import OrderRef, StepOutcome
+from infra.orders import lock_order, transition
 
 RESERVED = "reserved"
 RELEASED = "released"
@@ -22,7 +24,7 @@ class InventoryActivities:
     def __init__(self, session_factory: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = session_factory
 
-    @activity.defn(name="reserve_inventory")
+    @activity.defn
     async def reserve_inventory(self, order: OrderRef) -> StepOutcome:
         async with self._sessions() as session, session.begin():
             record = await lock_order(session, order.order_id, with_lines=True)
@@ -53,7 +55,8 @@ class InventoryActivities:
             transition(session, record, OrderStatus.INVENTORY_RESERVED)
         return StepOutcome(order.order_id, changed=True, detail="reserved")
 
-    @activity.defn(name="release_inventory")
+    @compensation
+    @activity.defn
     async def release_inventory(self, order: OrderRef) -> StepOutcome:
         async with self._sessions() as session, session.begin():
             await lock_order(session, order.order_id)

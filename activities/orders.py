@@ -6,18 +6,18 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 
 from activities.inventory import consume_reservations
-from activities.records import lock_order, transition
+from activities.messages import OrderClosure, OrderRef, StatusChange, StepOutcome
 from domain.model import OrderStatus
+from infra.orders import lock_order, transition
 from messaging.order_events import record_order_cancelled, record_order_shipped
 from observability.metrics import saga_ended
-from orchestrator.messages import OrderClosure, OrderRef, StatusChange, StepOutcome
 
 
 class OrderActivities:
     def __init__(self, session_factory: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = session_factory
 
-    @activity.defn(name="mark_order_shipped")
+    @activity.defn
     async def mark_order_shipped(self, order: OrderRef) -> StepOutcome:
         """The goods have left: reserved stock becomes shipped stock, and the order is SHIPPED."""
         async with self._sessions() as session, session.begin():
@@ -31,14 +31,14 @@ class OrderActivities:
             saga_ended(record.created_at, OrderStatus.SHIPPED)
         return StepOutcome(order.order_id, changed=changed)
 
-    @activity.defn(name="mark_order_status")
+    @activity.defn
     async def mark_order_status(self, change: StatusChange) -> StepOutcome:
         async with self._sessions() as session, session.begin():
             record = await lock_order(session, change.order_id)
             changed = transition(session, record, change.status, change.reason)
         return StepOutcome(change.order_id, changed=changed)
 
-    @activity.defn(name="close_order")
+    @activity.defn
     async def close_order(self, closure: OrderClosure) -> StepOutcome:
         async with self._sessions() as session, session.begin():
             record = await lock_order(session, closure.order_id)

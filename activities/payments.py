@@ -7,12 +7,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.errors import business_failure
+from activities.messages import OrderRef, StepOutcome
 from activities.providers import ChargeRequest, PaymentGateway, RefundRequest
-from activities.records import business_failure, lock_order, transition
+from activities.steps import compensation
 from domain.errors import PaymentDeclined
 from domain.model import OrderStatus
 from infra import models
-from orchestrator.messages import OrderRef, StepOutcome
+from infra.orders import lock_order, transition
 
 CHARGE = "charge"
 REFUND = "refund"
@@ -34,7 +36,7 @@ class PaymentActivities:
         self._sessions = session_factory
         self._gateway = gateway
 
-    @activity.defn(name="charge_payment")
+    @activity.defn
     async def charge_payment(self, order: OrderRef) -> StepOutcome:
         key = idempotency_key(order.order_id, CHARGE)
         # 1. Record the intent (pending) before calling out, so every attempt shares one row.
@@ -46,16 +48,7 @@ class PaymentActivities:
             if payment is not None and payment.status == DECLINED:
                 raise business_failure(PaymentDeclined(payment.failure_detail or "declined"))
             if payment is None:
-                session.add(
-                    models.Payment(
-                        order_id=record.id,
-                        kind=CHARGE,
-                        idempotency_key=key,
-                        amount=record.total_amount,
-                        currency=record.currency,
-                        status=PENDING,
-                    )
-                )
+                _record_pending(session, record.id, CHARGE, key, record.total_amount, record.currency)
             request = ChargeRequest(key, record.total_amount, record.currency, record.payment_token)
 
         # 2. Call the provider outside any transaction; it deduplicates by the same key.
@@ -94,7 +87,8 @@ class PaymentActivities:
             non_retryable=True,
         )
 
-    @activity.defn(name="refund_payment")
+    @compensation
+    @activity.defn
     async def refund_payment(self, order: OrderRef) -> StepOutcome:
         if not await self._settle_charge(order.order_id):
             return StepOutcome(order.order_id, changed=False, detail="nothing charged")
@@ -107,16 +101,7 @@ class PaymentActivities:
             if refund is not None and refund.status == SUCCEEDED:
                 return StepOutcome(order.order_id, changed=False, detail="already refunded")
             if refund is None:
-                session.add(
-                    models.Payment(
-                        order_id=order.order_id,
-                        kind=REFUND,
-                        idempotency_key=key,
-                        amount=charge.amount,
-                        currency=charge.currency,
-                        status=PENDING,
-                    )
-                )
+                _record_pending(session, order.order_id, REFUND, key, charge.amount, charge.currency)
             assert charge.provider_reference is not None
             request = RefundRequest(key, charge.provider_reference, charge.amount, charge.currency)
 
@@ -151,3 +136,20 @@ class PaymentActivities:
 
 async def _payment_by_key(session: AsyncSession, key: str) -> models.Payment | None:
     return await session.scalar(select(models.Payment).where(models.Payment.idempotency_key == key))
+
+
+def _record_pending(
+    session: AsyncSession, order_id: str, kind: str, key: str, amount: int, currency: str
+) -> None:
+    """The intent of a charge or refund (`amount` in minor units), written before the provider is called so
+    that every attempt, and a later reconciliation, finds the same row by its idempotency key."""
+    session.add(
+        models.Payment(
+            order_id=order_id,
+            kind=kind,
+            idempotency_key=key,
+            amount=amount,
+            currency=currency,
+            status=PENDING,
+        )
+    )

@@ -4,7 +4,9 @@ The simulations are deterministic by input, like a payment provider's test cards
 of the saga can be driven from outside:
 
 - payment token `tok_ok` succeeds; `tok_declined` is declined; `tok_flaky` fails transiently twice
-  for a given idempotency key, then succeeds; any other token is declined as unknown.
+  for a given idempotency key, then succeeds; `tok_hold` holds each charge attempt for HOLD_SECONDS
+  (5 s), then succeeds, so a cancel sent right after placing lands while the charge is in flight on
+  any machine (`make demo`); any other token is declined as unknown.
 - a shipping address in country `ZZ` cannot be served; every other country ships.
 
 Both honour idempotency keys as real providers do: the same key never charges or ships twice.
@@ -22,6 +24,9 @@ from domain.errors import PaymentDeclined, ShippingUnavailable, TransientProvide
 TOKEN_OK = "tok_ok"
 TOKEN_DECLINED = "tok_declined"
 TOKEN_FLAKY = "tok_flaky"
+TOKEN_HOLD = "tok_hold"
+# Well inside the charge step's start-to-close timeout (15 s), long enough for any cancel to land.
+HOLD_SECONDS = 5.0
 FLAKY_FAILURES_BEFORE_SUCCESS = 2
 UNSERVICEABLE_COUNTRY = "ZZ"
 
@@ -79,8 +84,9 @@ class ShippingCarrier(Protocol):
 
 
 class SimulatedPaymentGateway:
-    def __init__(self, latency_seconds: float = 0.0) -> None:
+    def __init__(self, latency_seconds: float = 0.0, hold_seconds: float = HOLD_SECONDS) -> None:
         self._latency_seconds = latency_seconds
+        self.hold_seconds = hold_seconds
         self._attempts: dict[str, int] = {}
         # What the provider has done, by idempotency key; tests read it to count real charges.
         self.charges: dict[str, ChargeRequest] = {}
@@ -89,12 +95,14 @@ class SimulatedPaymentGateway:
     async def charge(self, request: ChargeRequest) -> str:
         if self._latency_seconds:
             await asyncio.sleep(self._latency_seconds)
+        if request.token == TOKEN_HOLD:
+            await asyncio.sleep(self.hold_seconds)
         attempt = self._attempts[request.idempotency_key] = self._attempts.get(request.idempotency_key, 0) + 1
         if request.token == TOKEN_DECLINED:
             raise PaymentDeclined("the card was declined")
         if request.token == TOKEN_FLAKY and attempt <= FLAKY_FAILURES_BEFORE_SUCCESS:
             raise TransientProviderError(f"payment provider unavailable (attempt {attempt})")
-        if request.token not in (TOKEN_OK, TOKEN_FLAKY):
+        if request.token not in (TOKEN_OK, TOKEN_FLAKY, TOKEN_HOLD):
             raise PaymentDeclined("unknown payment token")
         self.charges.setdefault(request.idempotency_key, request)
         return _reference("ch_", request.idempotency_key)

@@ -6,11 +6,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 
+from activities.errors import business_failure
+from activities.messages import OrderRef, StepOutcome
 from activities.providers import ShipmentRequest, ShippingCarrier
-from activities.records import business_failure, lock_order
+from activities.steps import compensation
 from domain.errors import ShippingUnavailable
 from infra import models
-from orchestrator.messages import OrderRef, StepOutcome
+from infra.orders import lock_order
 
 CREATED = "created"
 CANCELLED = "cancelled"
@@ -21,7 +23,7 @@ class ShippingActivities:
         self._sessions = session_factory
         self._carrier = carrier
 
-    @activity.defn(name="create_shipment")
+    @activity.defn
     async def create_shipment(self, order: OrderRef) -> StepOutcome:
         async with self._sessions() as session, session.begin():
             record = await lock_order(session, order.order_id, with_lines=True)
@@ -53,7 +55,8 @@ class ShippingActivities:
                 )
         return StepOutcome(order.order_id, changed=True, detail=receipt.tracking_number)
 
-    @activity.defn(name="cancel_shipment")
+    @compensation
+    @activity.defn
     async def cancel_shipment(self, order: OrderRef) -> StepOutcome:
         async with self._sessions() as session, session.begin():
             await lock_order(session, order.order_id)

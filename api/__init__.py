@@ -1,1 +1,1 @@
-"""The HTTP API (FastAPI): place, follow and cancel orders; manage products. `python -m api` serves it."""
+"""The HTTP API (FastAPI): place, follow and cancel orders; manage products (`python -m entrypoints.api`)."""

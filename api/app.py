@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
-from api.problems import install_problem_handlers, use_problem_media_type
+from api.deps import authenticate_caller
+from api.edge import EdgeGuard, RateLimiter, needs_api_key
+from api.problems import document_edge_refusals, install_problem_handlers, use_problem_media_type
 from api.resources import open_resources
 from api.routes import analytics, customers, health, observability, orders, products
+from api.security import ApiKeyRing
 from infra.settings import Settings
 from observability import tracing
 
@@ -37,36 +41,61 @@ TAGS = [
 ]
 
 
-class OrderApi(FastAPI):
-    def openapi(self) -> dict[str, Any]:
-        first_build = self.openapi_schema is None
-        schema = super().openapi()
+# Swagger UI must not call out (its validator badge fetches a remote service): docs work air-gapped.
+SWAGGER_UI_PARAMETERS = {"validatorUrl": None}
+
+
+def _openapi_with_problem_media_type(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        first_build = app.openapi_schema is None
+        schema = build()
         if first_build:
             use_problem_media_type(schema)
+            document_edge_refusals(schema)
         return schema
+
+    return openapi
 
 
 def create_app(settings: Settings) -> FastAPI:
+    """The API (routes, problem handlers, the edge guard); opens nothing until its lifespan runs.
+
+    /docs and /redoc load Swagger UI and ReDoc from assets bundled with `fastapi-offline`, served by
+    this app under /static-offline-docs: no CDN, so they work offline. Request bodies are capped at
+    `API_MAX_BODY_BYTES` (413; see `api.edge` for what is decided before reading).
+    """
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_resources(settings) as resources:
             app.state.resources = resources
             yield
 
-    app = OrderApi(
+    app = FastAPIOffline(
         title="Order saga API",
         version="1.0.0",
         description=DESCRIPTION,
         openapi_tags=TAGS,
         lifespan=lifespan,
+        swagger_ui_parameters=SWAGGER_UI_PARAMETERS,
     )
+    app.openapi = _openapi_with_problem_media_type(app)  # type: ignore[method-assign]
     install_problem_handlers(app)
-    app.include_router(orders.router)
-    app.include_router(products.router)
-    app.include_router(customers.router)
-    app.include_router(analytics.router)
-    app.include_router(health.router)
-    app.include_router(observability.router)
+    routers = [orders.router, products.router, customers.router, analytics.router]
+    routers += [health.router, observability.router]
+    for router in routers:
+        # The running cap of a body as it is read (a chunked one); a declared length is EdgeGuard's.
+        app.include_router(router, max_body_size=settings.api_max_body_bytes)
+    app.add_middleware(
+        EdgeGuard,
+        key_ring=ApiKeyRing.from_settings(settings),
+        # The routers' own routes carry their full paths; the app wraps them when it includes them.
+        routes=[(route, needs_api_key(route, authenticate_caller)) for r in routers for route in r.routes],
+        limiter=RateLimiter(settings.api_rate_limit) if settings.api_rate_limit else None,
+        max_body_bytes=settings.api_max_body_bytes,
+    )
     # With tracing on, each request gets a server span: the root of an order placement's trace.
     tracing.instrument_app(app)
     return app

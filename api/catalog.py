@@ -1,24 +1,16 @@
-"""Products and their stock: what the /products routes do."""
+"""Products and their stock: what the /products routes do. No HTTP here: refusals are `api.errors`."""
 
 from __future__ import annotations
-
-from http import HTTPStatus
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from api.pagination import InvalidCursor, decode_product_cursor, encode_product_cursor
-from api.problems import ApiProblem, invalid_cursor, problem_type
+from api.errors import ProductExists, ProductNotFound, StockConflict
+from api.pagination import decode_product_cursor, encode_product_cursor
 from api.schemas import MAX_STOCK, ProductIn, ProductOut, ProductPage, StockChangeIn
 from infra import models
 from infra.db import rowcount
-
-
-def product_not_found(sku: str) -> ApiProblem:
-    return ApiProblem(
-        HTTPStatus.NOT_FOUND, f"there is no product {sku}", type_=problem_type("product-not-found")
-    )
 
 
 class Catalog:
@@ -29,7 +21,7 @@ class Catalog:
         try:
             async with self._sessions() as session, session.begin():
                 if await session.get(models.Product, product.sku) is not None:
-                    raise _already_exists(product.sku)
+                    raise ProductExists(product.sku)
                 row = models.Product(
                     sku=product.sku,
                     name=product.name,
@@ -41,20 +33,20 @@ class Catalog:
                 session.add(row)
         except IntegrityError as err:
             # A concurrent request created the same SKU between our check and our insert.
-            raise _already_exists(product.sku) from err
+            raise ProductExists(product.sku) from err
         return _product_out(row)
 
     async def get(self, sku: str) -> ProductOut:
         async with self._sessions() as session:
             row = await session.get(models.Product, sku)
         if row is None:
-            raise product_not_found(sku)
+            raise ProductNotFound(sku)
         return _product_out(row)
 
     async def list(self, *, limit: int, cursor: str | None) -> ProductPage:
         query = select(models.Product).order_by(models.Product.sku).limit(limit + 1)
         if cursor is not None:
-            query = query.where(models.Product.sku > _decode_product_cursor(cursor))
+            query = query.where(models.Product.sku > decode_product_cursor(cursor))
         async with self._sessions() as session:
             rows = list((await session.scalars(query)).all())
         page, more = rows[:limit], len(rows) > limit
@@ -77,32 +69,20 @@ class Catalog:
             result = await session.execute(statement)
             row = await session.get(product, sku, populate_existing=True)
             if row is None:
-                raise product_not_found(sku)
+                raise ProductNotFound(sku)
             if rowcount(result) != 1:
                 raise _stock_conflict(row, change)
             return _product_out(row)
 
 
-def _already_exists(sku: str) -> ApiProblem:
-    return ApiProblem(
-        HTTPStatus.CONFLICT, f"product {sku} already exists", type_=problem_type("product-exists")
-    )
-
-
-def _stock_conflict(row: models.Product, change: StockChangeIn) -> ApiProblem:
+def _stock_conflict(row: models.Product, change: StockChangeIn) -> StockConflict:
     if change.mode == "add":
         detail = f"{row.sku} would hold more than {MAX_STOCK} units"
     else:
         detail = (
             f"{row.sku} has {row.reserved} unit(s) reserved by orders in progress; stock cannot go below that"
         )
-    return ApiProblem(
-        HTTPStatus.CONFLICT,
-        detail,
-        type_=problem_type("stock-conflict"),
-        on_hand=row.on_hand,
-        reserved=row.reserved,
-    )
+    return StockConflict(detail, on_hand=row.on_hand, reserved=row.reserved)
 
 
 def _product_out(row: models.Product) -> ProductOut:
@@ -117,10 +97,3 @@ def _product_out(row: models.Product) -> ProductOut:
         created_at=row.created_at,
         updated_at=row.updated_at,
     )
-
-
-def _decode_product_cursor(token: str) -> str:
-    try:
-        return decode_product_cursor(token)
-    except InvalidCursor as err:
-        raise invalid_cursor(err) from err

@@ -1,4 +1,4 @@
-"""ISO reference codes the API accepts: countries (ISO 3166-1 alpha-2) and currencies (ISO 4217)."""
+"""ISO reference codes the API accepts: countries (ISO 3166-1 alpha-2). Currencies: domain.money."""
 
 from __future__ import annotations
 
@@ -16,8 +16,3 @@ TEST_COUNTRY = UNSERVICEABLE_COUNTRY
 @cache
 def country_codes() -> frozenset[str]:
     return frozenset(country.alpha_2 for country in pycountry.countries) | {TEST_COUNTRY}
-
-
-@cache
-def currency_codes() -> frozenset[str]:
-    return frozenset(currency.alpha_3 for currency in pycountry.currencies)

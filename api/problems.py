@@ -12,6 +12,21 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
+
+from api.errors import (
+    CancelRefused,
+    OrchestratorUnavailable,
+    OrderNotFound,
+    OrderRejected,
+    ProductExists,
+    ProductNotFound,
+    ServiceError,
+    StockConflict,
+)
+from api.idempotency import KeyInFlight, KeyReused
+from api.pagination import InvalidCursor
+from domain.errors import CurrencyMismatch, UnknownProduct
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +110,18 @@ class ApiProblem(Exception):
         self.extensions = extensions
 
 
+def body_too_large(limit: int | None) -> ApiProblem:
+    """413: the body is (or was announced as) larger than `API_MAX_BODY_BYTES`."""
+    return ApiProblem(
+        HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+        f"the request body is larger than the {limit} bytes this API accepts"
+        if limit is not None
+        else "the request body is larger than this API accepts",
+        type_=problem_type("body-too-large"),
+        max_body_bytes=limit,
+    )
+
+
 def invalid_cursor(err: Exception) -> ApiProblem:
     """A pagination cursor that this API did not issue (or that was tampered with)."""
     return ApiProblem(
@@ -103,6 +130,94 @@ def invalid_cursor(err: Exception) -> ApiProblem:
         type_=problem_type("invalid-cursor"),
         errors=[FieldError(location="query", name="cursor", detail=str(err), code="invalid_cursor")],
     )
+
+
+def _order_not_found(order_id: str) -> ApiProblem:
+    return ApiProblem(
+        HTTPStatus.NOT_FOUND, f"there is no order {order_id}", type_=problem_type("order-not-found")
+    )
+
+
+def _order_rejected(rejected: OrderRejected) -> ApiProblem:
+    """A domain rule refused the order (unknown SKU, mixed currencies...): 422 naming the lines."""
+    cause = rejected.cause
+    if isinstance(cause, UnknownProduct):
+        slug, code, culprits = "unknown-product", "unknown_product", set(cause.skus)
+    elif isinstance(cause, CurrencyMismatch):
+        slug, code, culprits = "currency-mismatch", "currency_mismatch", set(rejected.skus)
+    else:
+        slug, code, culprits = "invalid-order", "invalid_order", set()
+    errors = [
+        FieldError(
+            location="body",
+            name=f"items.{index}.sku",
+            pointer=f"/items/{index}/sku",
+            detail=f"{sku}: {cause}",
+            code=code,
+        )
+        for index, sku in enumerate(rejected.skus)
+        if sku in culprits
+    ]
+    return ApiProblem(
+        HTTPStatus.UNPROCESSABLE_ENTITY,
+        str(cause),
+        type_=problem_type(slug),
+        title="The order cannot be placed",
+        errors=errors,
+    )
+
+
+def _service_problem(err: Exception) -> ApiProblem:
+    """The HTTP answer to each refusal of the commands, queries and catalogue (`api.errors`)."""
+    match err:
+        case OrderNotFound():
+            return _order_not_found(err.order_id)
+        case OrderRejected():
+            return _order_rejected(err)
+        case CancelRefused():
+            return ApiProblem(
+                HTTPStatus.CONFLICT,
+                str(err),
+                type_=problem_type("cancel-refused"),
+                title="Too late to cancel",
+                order_id=err.order_id,
+                order_status=str(err.status),
+            )
+        case OrchestratorUnavailable():
+            return ApiProblem(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                str(err),
+                type_=problem_type("orchestrator-unavailable"),
+                headers={"Retry-After": "5"},
+            )
+        case ProductNotFound():
+            return ApiProblem(HTTPStatus.NOT_FOUND, str(err), type_=problem_type("product-not-found"))
+        case ProductExists():
+            return ApiProblem(HTTPStatus.CONFLICT, str(err), type_=problem_type("product-exists"))
+        case StockConflict():
+            return ApiProblem(
+                HTTPStatus.CONFLICT,
+                str(err),
+                type_=problem_type("stock-conflict"),
+                on_hand=err.on_hand,
+                reserved=err.reserved,
+            )
+        case KeyReused():
+            return ApiProblem(
+                HTTPStatus.UNPROCESSABLE_ENTITY,
+                "this Idempotency-Key was already used with a different request body",
+                type_=problem_type("idempotency-key-reused"),
+            )
+        case KeyInFlight():
+            return ApiProblem(
+                HTTPStatus.CONFLICT,
+                "a request with this Idempotency-Key is still being processed; retry shortly",
+                type_=problem_type("idempotency-key-in-flight"),
+                headers={"Retry-After": "1"},
+            )
+        case InvalidCursor():
+            return invalid_cursor(err)
+    raise TypeError(f"no problem mapping for {type(err).__name__}") from err
 
 
 def problem_response(
@@ -130,6 +245,20 @@ def problem_response(
         status_code=status,
         headers=dict(headers or {}),
         media_type=PROBLEM_MEDIA_TYPE,
+    )
+
+
+def render_problem(request: Request, problem: ApiProblem) -> JSONResponse:
+    """The problem response for an ApiProblem (also used by middleware, outside the handlers)."""
+    return problem_response(
+        request,
+        problem.status,
+        problem.title,
+        problem.detail,
+        type_=problem.type,
+        errors=problem.errors,
+        headers=problem.headers,
+        extensions=problem.extensions,
     )
 
 
@@ -162,16 +291,10 @@ def _json_pointer(path: Sequence[object]) -> str:
 def install_problem_handlers(app: FastAPI) -> None:
     async def on_api_problem(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiProblem)
-        return problem_response(
-            request,
-            exc.status,
-            exc.title,
-            exc.detail,
-            type_=exc.type,
-            errors=exc.errors,
-            headers=exc.headers,
-            extensions=exc.extensions,
-        )
+        return render_problem(request, exc)
+
+    async def on_service_error(request: Request, exc: Exception) -> JSONResponse:
+        return render_problem(request, _service_problem(exc))
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -188,6 +311,9 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
+            # FastAPI's running cap of a (chunked) body: the same problem as a declared oversized one.
+            return render_problem(request, body_too_large(request.scope.get(MAX_BODY_SIZE_SCOPE_KEY)))
         status = HTTPStatus(exc.status_code)
         # Keeps headers such as `Allow` (405) and `WWW-Authenticate` (401).
         return problem_response(request, status, status.phrase, str(exc.detail), headers=exc.headers)
@@ -198,6 +324,8 @@ def install_problem_handlers(app: FastAPI) -> None:
         return problem_response(request, status, status.phrase, "an unexpected error occurred")
 
     app.add_exception_handler(ApiProblem, on_api_problem)
+    for refusal in (ServiceError, KeyReused, KeyInFlight, InvalidCursor):
+        app.add_exception_handler(refusal, on_service_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(Exception, on_unexpected_error)
@@ -209,7 +337,9 @@ _DESCRIPTIONS = {
     403: "The API key lacks the scope this operation needs.",
     404: "No such resource.",
     409: "Conflicts with the current state of the resource.",
+    413: "The request body is larger than the API accepts (`API_MAX_BODY_BYTES`).",
     422: "The request is not valid; `errors` locates each problem.",
+    429: "Too many requests from this API key: retry after `Retry-After` seconds.",
     503: "A dependency (database, Temporal, broker) is not reachable.",
 }
 
@@ -227,4 +357,30 @@ def use_problem_media_type(openapi: dict[str, Any]) -> dict[str, Any]:
                 content = response.get("content", {})
                 if str(status)[0] in "45" and "application/json" in content:
                     content[PROBLEM_MEDIA_TYPE] = content.pop("application/json")
+    return openapi
+
+
+def document_edge_refusals(openapi: dict[str, Any]) -> dict[str, Any]:
+    """Document what the edge answers before a route runs: 413 where a body is accepted, 429 where an
+    API key is needed (see `api.edge`)."""
+    problem = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    for path_item in openapi.get("paths", {}).values():
+        for operation in path_item.values():
+            responses = operation.setdefault("responses", {})
+            if "requestBody" in operation:
+                responses.setdefault("413", {"description": _DESCRIPTIONS[413], "content": problem})
+            if operation.get("security"):
+                responses.setdefault(
+                    "429",
+                    {
+                        "description": _DESCRIPTIONS[429],
+                        "headers": {
+                            "Retry-After": {
+                                "description": "Seconds until the key may call again.",
+                                "schema": {"type": "integer"},
+                            }
+                        },
+                        "content": problem,
+                    },
+                )
     return openapi

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from temporalio.client import Client
 
 from api.security import ApiKeyRing
-from infra.bootstrap import Database, open_database
+from infra.db import Database, open_database
 from infra.settings import Settings
 from orchestrator.client import connect_temporal
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
+import email_validator
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -18,10 +19,10 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from api.iso_codes import country_codes, currency_codes
+from api.iso_codes import country_codes
 from api.problems import Problem
-from domain.model import OrderStatus
-from reactors.notification.queries import NotificationView
+from domain import money
+from domain.model import DuplicateSku, OrderStatus, check_one_line_per_sku
 
 MAX_LINES = 50
 MAX_QUANTITY = 1_000
@@ -44,9 +45,21 @@ def _known_country(code: str) -> str:
 
 
 def _known_currency(code: str) -> str:
-    if code not in currency_codes():
-        raise PydanticCustomError("currency_code", "not an ISO 4217 currency code: {code}", {"code": code})
+    # The money module decides: ISO 4217 codes with a minor unit (not XXX, XAU...), so that every amount
+    # accepted here can be formatted and converted later.
+    try:
+        money.exponent(code)
+    except money.UnsupportedCurrency as err:
+        raise PydanticCustomError("currency_code", "{reason}", {"reason": str(err), "code": code}) from err
     return code
+
+
+def _mailable(address: str) -> str:
+    # EmailStr returns email-validator's display form, whose domain is Unicode (ada@xn--bcher-kva.example
+    # became ada@bücher.example, which only SMTPUTF8 relays accept). Keep the ASCII (IDNA) form whenever the
+    # local part is ASCII; only a non-ASCII local part (jürgen@example.com) needs SMTPUTF8 to be mailed.
+    ascii_form = email_validator.validate_email(address, check_deliverability=False).ascii_email
+    return ascii_form or address
 
 
 Sku = Annotated[
@@ -59,13 +72,22 @@ CustomerId = Annotated[
     StringConstraints(pattern=CUSTOMER_ID_PATTERN, max_length=64),
     Field(description="The customer's id in the calling system.", examples=["cust-42"]),
 ]
-Email = Annotated[EmailStr, Field(max_length=320, examples=["ada@example.com"])]
+Email = Annotated[
+    EmailStr,
+    AfterValidator(_mailable),
+    Field(
+        max_length=320,
+        description="Kept with an ASCII (IDNA) domain whenever the local part is ASCII.",
+        examples=["ada@example.com"],
+    ),
+]
 PaymentToken = Annotated[
     str,
     StringConstraints(pattern=r"^[A-Za-z0-9_-]+$", min_length=1, max_length=100),
     Field(
         description="A token from the payment provider. Simulated provider: `tok_ok` succeeds, "
-        "`tok_declined` is declined, `tok_flaky` fails twice transiently, then succeeds.",
+        "`tok_declined` is declined, `tok_flaky` fails twice transiently, then succeeds, `tok_hold` "
+        "holds the charge for 5 s, then succeeds (time to cancel).",
         examples=["tok_ok"],
     ),
 ]
@@ -82,7 +104,11 @@ CurrencyCode = Annotated[
     str,
     StringConstraints(pattern=r"^[A-Z]{3}$"),
     AfterValidator(_known_currency),
-    Field(description="ISO 4217 currency code.", examples=["EUR"]),
+    Field(
+        description="ISO 4217 currency code with a minor unit (amounts are integers of it: JPY 0 decimals, "
+        "EUR 2, KWD 3); codes without one (XXX, XAU...) are refused.",
+        examples=["EUR"],
+    ),
 ]
 ShortText = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=PRINTABLE_TEXT)
@@ -153,12 +179,11 @@ class PlaceOrderIn(BaseModel):
     @field_validator("items")
     @classmethod
     def _one_line_per_sku(cls, items: list[OrderItemIn]) -> list[OrderItemIn]:
-        skus = [item.sku for item in items]
-        duplicates = sorted({sku for sku in skus if skus.count(sku) > 1})
-        if duplicates:
-            raise PydanticCustomError(
-                "duplicate_sku", "each SKU may appear once per order: {skus}", {"skus": ", ".join(duplicates)}
-            )
+        # The rule is the domain's; here its refusal becomes a field error on `items` (a 422).
+        try:
+            check_one_line_per_sku(item.sku for item in items)
+        except DuplicateSku as err:
+            raise PydanticCustomError("duplicate_sku", str(err), {"skus": ", ".join(err.skus)}) from err
         return items
 
 
@@ -327,6 +352,51 @@ class CancelAccepted(BaseModel):
     order_id: UUID
     status: OrderStatus = Field(description="The status when the cancel was accepted; it ends CANCELLED.")
     detail: str
+
+
+# --- what the reactors keep (read models), as this API shows it. The class names are the OpenAPI
+# component names clients already know; the reactors' own models stay internal to them.
+
+
+class NotificationView(BaseModel):
+    event_id: str
+    event_type: str = Field(description="`order.shipped` or `order.cancelled`.")
+    recipient: str
+    subject: str
+    body: str
+    message_id: str = Field(description="The mail's Message-ID (from the event id).")
+    status: str = Field(description="`sending`, `sent`, `retrying` (a transient SMTP failure) or `failed`.")
+    send_attempts: int
+    created_at: datetime
+    sent_at: datetime | None
+    last_error: str | None = Field(default=None, description="Why the last send failed (retrying, failed).")
+
+
+class LoyaltyEntry(BaseModel):
+    order_id: str
+    points: int
+    reason: str
+    created_at: datetime
+
+
+class LoyaltyAccount(BaseModel):
+    customer_id: str
+    points: int = Field(description="The balance; 0 for a customer without points.")
+    entries: list[LoyaltyEntry] = Field(description="The latest ledger entries, newest first.")
+
+
+class SkuSales(BaseModel):
+    sku: str
+    currency: str
+    units: int
+    revenue: int = Field(description="Minor units of `currency`.")
+
+
+class DailySales(BaseModel):
+    date: date
+    orders_shipped: int
+    orders_cancelled: int = Field(description="Orders closed CANCELLED or FAILED that day.")
+    skus: list[SkuSales] = Field(description="By SKU, then currency.")
 
 
 class OrderNotifications(BaseModel):

@@ -49,7 +49,7 @@ from contracts.envelope import STRUCTURED_CONTENT_TYPE, encode_event, new_event
 from contracts.orders import ORDER_SHIPPED_V1, OrderLineV1, OrderShippedV1, ShipmentV1
 from domain.model import OrderStatus, workflow_id_for
 from infra import models
-from infra.bootstrap import Database, open_database
+from infra.db import Database, open_database
 from infra.settings import Settings
 from messaging.broker import close_quietly, connect
 from reactors.models import DeliveryOutcome, DeliveryRecord, InboxMessage

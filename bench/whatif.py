@@ -24,8 +24,8 @@ from temporalio import workflow
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
+    from activities.messages import OrderRef, OrderSagaInput, OrderSagaResult, StepOutcome
     from domain.model import OrderStatus
-    from orchestrator.messages import OrderRef, OrderSagaInput, OrderSagaResult, StepOutcome
     from orchestrator.workflow import COMPENSATION_RETRY, STEP_RETRY, STEP_TIMEOUT, OrderWorkflow
 
 
@@ -61,7 +61,8 @@ class LocalStepsOrderWorkflow(OrderWorkflow):
 async def serve() -> None:
     from temporalio.worker import Worker
 
-    from infra.bootstrap import open_database, saga_activities
+    from entrypoints.bootstrap import saga_activities
+    from infra.db import open_database
     from infra.settings import load_settings
     from orchestrator.client import connect_temporal
 

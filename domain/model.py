@@ -1,4 +1,4 @@
-"""Orders, their lines and money, and the order status machine."""
+"""Orders, their lines and their prices (`Money`, from domain.money), and the order status machine."""
 
 from __future__ import annotations
 
@@ -6,27 +6,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from domain.errors import CurrencyMismatch, InvalidOrder, InvalidStatusTransition, UnknownProduct
-
-
-@dataclass(frozen=True, slots=True)
-class Money:
-    """An amount in integer minor units (cents) of an ISO 4217 currency."""
-
-    amount: int
-    currency: str
-
-    def __post_init__(self) -> None:
-        if len(self.currency) != 3 or not self.currency.isalpha() or not self.currency.isupper():
-            raise InvalidOrder(f"currency must be an ISO 4217 code, got {self.currency!r}")
-
-    def __add__(self, other: Money) -> Money:
-        if other.currency != self.currency:
-            raise CurrencyMismatch(f"cannot add {other.currency} to {self.currency}")
-        return Money(self.amount + other.amount, self.currency)
-
-    def times(self, quantity: int) -> Money:
-        return Money(self.amount * quantity, self.currency)
+from domain.errors import InvalidOrder, InvalidStatusTransition, UnknownProduct
+from domain.money import Money as Money  # re-exported: the order rules price in it
 
 
 class OrderStatus(StrEnum):
@@ -94,6 +75,29 @@ class PricedLine:
         return self.unit_price.times(self.quantity)
 
 
+class DuplicateSku(InvalidOrder):
+    """An order names a SKU on more than one line; `skus`: those SKUs, sorted."""
+
+    code = "DUPLICATE_SKU"
+
+    def __init__(self, skus: list[str]) -> None:
+        super().__init__("each SKU may appear once per order: " + ", ".join(skus))
+        self.skus = skus
+
+
+def check_one_line_per_sku(skus: Iterable[str]) -> None:
+    """One line per SKU: raises DuplicateSku naming every SKU that appears more than once.
+
+    The one home of the rule: the API checks it while validating a request (its 422), pricing again.
+    """
+    seen: set[str] = set()
+    repeated: set[str] = set()
+    for sku in skus:
+        (repeated if sku in seen else seen).add(sku)
+    if repeated:
+        raise DuplicateSku(sorted(repeated))
+
+
 def price_order(
     items: Iterable[RequestedItem], catalog_prices: Mapping[str, Money]
 ) -> tuple[list[PricedLine], Money]:
@@ -102,9 +106,7 @@ def price_order(
     if not items:
         raise InvalidOrder("an order needs at least one item")
     skus = [item.sku for item in items]
-    duplicates = sorted({sku for sku in skus if skus.count(sku) > 1})
-    if duplicates:
-        raise InvalidOrder("each SKU may appear once per order: " + ", ".join(duplicates))
+    check_one_line_per_sku(skus)
     unknown = [sku for sku in skus if sku not in catalog_prices]
     if unknown:
         raise UnknownProduct(unknown)

@@ -182,6 +182,8 @@ class IdempotencyKey(Base):
     """An `Idempotency-Key` an API client sent with a POST, and the order it created (IETF draft)."""
 
     __tablename__ = "idempotency_keys"
+    # The retention's scan (infra/retention.py).
+    __table_args__ = (Index("ix_idempotency_keys_updated_at", "updated_at"),)
 
     principal: Mapped[str] = mapped_column(String(100), primary_key=True)
     key: Mapped[str] = mapped_column(String(255), primary_key=True)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Fields that are URLs which may carry a password: shown with the password masked (repr, str, errors).
+_URL_FIELDS = ("database_url", "rabbitmq_url")
 
 
 class Environment(StrEnum):
@@ -16,20 +22,43 @@ class Environment(StrEnum):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+    # hide_input_in_errors: a refused value may be a secret (a URL with its password, a key).
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True, hide_input_in_errors=True)
 
     env: Environment = Environment.DEVELOPMENT
     log_level: str = "INFO"
 
-    # Embedded default: a SQLite file beside the checkout. PostgreSQL: postgresql+asyncpg://...
+    # Embedded default: a SQLite file beside the checkout. PostgreSQL: postgresql+asyncpg://... with libpq's
+    # TLS parameters in the query if wanted (sslmode, sslrootcert, sslcert, sslkey; see infra/db.py).
     database_url: str = "sqlite+aiosqlite:///./var/orders.db"
+    # Replaces the password of DATABASE_URL, so the URL can live in plain configuration and this in a secret.
+    database_password: SecretStr | None = None
     database_echo: bool = False
 
+    # --- temporal: where and how every process (API, worker, timeline, CLI) connects. The names are the
+    # Temporal CLI's own environment variables, so the CLI (the compose setup job) reads the same values.
     temporal_address: str = "localhost:7233"
     temporal_namespace: str = "default"
     temporal_task_queue: str = "orders"
+    # TLS with the system's CAs; implied by any option below (as the Temporal CLI does).
+    temporal_tls: bool = False
+    # PEM of the CA that signed the server's certificate (a self-hosted cluster's own CA), by path or inline.
+    temporal_tls_server_ca_cert_path: Path | None = None
+    temporal_tls_server_ca_cert_data: str | None = None
+    # mTLS: the client certificate and its key (both or neither), by path or inline PEM.
+    temporal_tls_client_cert_path: Path | None = None
+    temporal_tls_client_cert_data: str | None = None
+    temporal_tls_client_key_path: Path | None = None
+    temporal_tls_client_key_data: SecretStr | None = None
+    # The name the server's certificate must carry, when it differs from the address's host.
+    temporal_tls_server_name: str | None = None
+    # Temporal Cloud style API-key authentication (sent as a bearer token; TLS is on with it).
+    temporal_api_key: SecretStr | None = None
 
+    # TLS: amqps://host:5671/?cafile=/path/ca.pem (&certfile=...&keyfile=... for mTLS), read by aiormq.
     rabbitmq_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    # Replaces the password of RABBITMQ_URL (kept apart from the URL, in a secret).
+    rabbitmq_password: SecretStr | None = None
 
     # Seconds in-flight activities may run on after a shutdown signal before they are cancelled.
     worker_shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 10.0
@@ -73,8 +102,26 @@ class Settings(BaseSettings):
     smtp_sender: str = "Order Saga <orders@example.com>"
     # A mail claimed by one notifier is left alone by others this long (it is being sent).
     notification_send_lease_seconds: Annotated[float, Field(gt=0)] = 60.0
-    # Where the local SMTP sink (`python -m reactors.notification.smtp_sink`) stores what it receives.
+    # Where the local SMTP sink (`python -m entrypoints.smtp_sink`) stores what it receives.
     smtp_sink_maildir: str = "var/mail"
+
+    # --- retention: what the service deletes after how long (infra/retention.py, run by a Temporal Schedule).
+    # Published outbox rows (pending rows are never deleted).
+    retention_outbox_days: Annotated[float, Field(gt=0)] = 30.0
+    # Inbox rows: the deduplication of redelivered events; kept at least as long as the outbox rows.
+    retention_inbox_days: Annotated[float, Field(gt=0)] = 30.0
+    # The reactors' delivery ledger (the timeline's audit of each delivery).
+    retention_deliveries_days: Annotated[float, Field(gt=0)] = 30.0
+    # Finished API Idempotency-Keys (completed or retryable; keys in flight stay).
+    retention_idempotency_days: Annotated[float, Field(gt=0)] = 7.0
+    # Sent notifications, their bodies with them (mails still being sent stay).
+    retention_notifications_days: Annotated[float, Field(gt=0)] = 90.0
+    # Rows deleted per transaction: short transactions that never hold the hot path's locks for long.
+    retention_batch_size: Annotated[int, Field(ge=1, le=10_000)] = 500
+    # Pause between two batches, so that writers of the hot path get the database in between.
+    retention_batch_pause_ms: Annotated[int, Field(ge=0, le=60_000)] = 20
+    # How often the schedule runs the retention; 0: the worker registers no schedule (the CLI still works).
+    retention_interval_minutes: Annotated[float, Field(ge=0)] = 60.0
 
     # --- api: HTTP server and API keys
     # The documented key of the local stack; the service refuses to start with it when ENV=production.
@@ -96,6 +143,18 @@ class Settings(BaseSettings):
     api_readiness_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0
     # How long the API waits at start for a Temporal server that is still booting beside it.
     api_temporal_connect_seconds: Annotated[float, Field(ge=0, le=600)] = 60.0
+    # Largest request body the API reads, in bytes: 413 beyond it (from Content-Length before reading,
+    # or once a chunked body passes it). The API relies on no proxy for this.
+    api_max_body_bytes: Annotated[int, Field(ge=1_024, le=1_073_741_824)] = 1_048_576
+    # Requests per API key (principal) and API process, as `limits` rate strings separated by `;`
+    # ("50/second;2000/minute"): 429 with Retry-After beyond. Empty: no limit (development, tests, demo).
+    api_rate_limit: Annotated[
+        str,
+        Field(
+            pattern=r"^(\s*\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day|month|year)s?\s*)?"
+            r"(;\s*\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day|month|year)s?\s*)*$"
+        ),
+    ] = ""
 
     # --- observability: logs, traces, metrics
     # `json`: one JSON object per line with order, workflow, event and trace ids where known.
@@ -126,6 +185,60 @@ class Settings(BaseSettings):
             return {**data, "api_keys": {}, "api_key_scopes": data.get("api_key_scopes", {})}
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _passwords_into_urls(cls, data: Any) -> Any:
+        """DATABASE_PASSWORD / RABBITMQ_PASSWORD, when given, become the password of their URL."""
+        if not isinstance(data, dict):
+            return data
+        for url_field, password_field in (
+            ("database_url", "database_password"),
+            ("rabbitmq_url", "rabbitmq_password"),
+        ):
+            password = data.get(password_field)
+            if password is None:
+                continue
+            secret = password.get_secret_value() if isinstance(password, SecretStr) else str(password)
+            url = str(data.get(url_field, cls.model_fields[url_field].default))
+            data = {**data, url_field: with_password(url, secret)}
+        return data
+
+    @model_validator(mode="after")
+    def _tls_options_consistent(self) -> Settings:
+        pairs = (
+            (
+                "TEMPORAL_TLS_SERVER_CA_CERT",
+                self.temporal_tls_server_ca_cert_path,
+                self.temporal_tls_server_ca_cert_data,
+            ),
+            (
+                "TEMPORAL_TLS_CLIENT_CERT",
+                self.temporal_tls_client_cert_path,
+                self.temporal_tls_client_cert_data,
+            ),
+            ("TEMPORAL_TLS_CLIENT_KEY", self.temporal_tls_client_key_path, self.temporal_tls_client_key_data),
+        )
+        for name, path, data in pairs:
+            if path is not None and data is not None:
+                raise ValueError(f"{name}_PATH and {name}_DATA are alternatives: set one")
+        has_cert = (
+            self.temporal_tls_client_cert_path is not None or self.temporal_tls_client_cert_data is not None
+        )
+        has_key = (
+            self.temporal_tls_client_key_path is not None or self.temporal_tls_client_key_data is not None
+        )
+        if has_cert != has_key:
+            raise ValueError("TEMPORAL_TLS_CLIENT_CERT_* and TEMPORAL_TLS_CLIENT_KEY_* go together (mTLS)")
+        return self
+
+    @model_validator(mode="after")
+    def _inbox_outlives_outbox(self) -> Settings:
+        # An event whose outbox row is gone can only be published again by a fresh insert: the consumers'
+        # inbox must still know it then.
+        if self.retention_inbox_days < self.retention_outbox_days:
+            raise ValueError("RETENTION_INBOX_DAYS must be at least RETENTION_OUTBOX_DAYS")
+        return self
+
     @model_validator(mode="after")
     def _api_keys_usable(self) -> Settings:
         if set(self.api_keys) != set(self.api_key_scopes):
@@ -141,12 +254,51 @@ class Settings(BaseSettings):
     @classmethod
     def _supported_database(cls, url: str) -> str:
         if not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
-            raise ValueError("DATABASE_URL must use sqlite+aiosqlite:// or postgresql+asyncpg://, got " + url)
+            raise ValueError(
+                "DATABASE_URL must use sqlite+aiosqlite:// or postgresql+asyncpg://, got " + masked_url(url)
+            )
         return url
 
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def temporal_uses_tls(self) -> bool:
+        """TLS to Temporal: asked for, or implied by a CA, a client certificate, a server name, an API key."""
+        return self.temporal_tls or any(
+            value is not None
+            for value in (
+                self.temporal_tls_server_ca_cert_path,
+                self.temporal_tls_server_ca_cert_data,
+                self.temporal_tls_client_cert_path,
+                self.temporal_tls_client_cert_data,
+                self.temporal_tls_server_name,
+                self.temporal_api_key,
+            )
+        )
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # SecretStr fields print as '**********' already; URLs are plain strings that may hold a password.
+        for name, value in super().__repr_args__():
+            yield name, masked_url(value) if name in _URL_FIELDS and isinstance(value, str) else value
+
+
+def masked_url(url: str) -> str:
+    """The URL with its password, if any, replaced by `***` (for logs, errors and reprs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def with_password(url: str, password: str) -> str:
+    """The URL with `password` as its password (percent-encoded; the user name is kept)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
 
 
 def load_settings(**overrides: object) -> Settings:

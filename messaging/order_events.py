@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from contracts.envelope import event_id_for, new_event
+from contracts.envelope import EventType, Payload, event_id_for, new_event
 from contracts.orders import (
     ORDER_CANCELLED_V1,
     ORDER_SHIPPED_V1,
@@ -42,14 +43,7 @@ async def record_order_shipped(session: AsyncSession, order: models.Order) -> No
         shipment=ShipmentV1(carrier=shipment.carrier, tracking_number=shipment.tracking_number),
         shipped_at=shipped_at,
     )
-    event = new_event(
-        ORDER_SHIPPED_V1,
-        event_id=event_id_for(order.workflow_id, ORDER_SHIPPED_V1),
-        subject=order.id,
-        time=shipped_at,
-        data=payload,
-    )
-    await add_to_outbox(session, event)
+    await _record(session, order, ORDER_SHIPPED_V1, payload, shipped_at)
 
 
 async def record_order_cancelled(
@@ -75,11 +69,19 @@ async def record_order_cancelled(
         total_amount=order.total_amount,
         cancelled_at=cancelled_at,
     )
+    await _record(session, order, ORDER_CANCELLED_V1, payload, cancelled_at)
+
+
+async def _record(
+    session: AsyncSession, order: models.Order, event_type: EventType, payload: Payload, at: datetime
+) -> None:
+    """The order's event of this type into the outbox. Its id depends only on the workflow id and the type,
+    so a retried or replayed step writes the same event again, which the outbox ignores."""
     event = new_event(
-        ORDER_CANCELLED_V1,
-        event_id=event_id_for(order.workflow_id, ORDER_CANCELLED_V1),
+        event_type,
+        event_id=event_id_for(order.workflow_id, event_type),
         subject=order.id,
-        time=cancelled_at,
+        time=at,
         data=payload,
     )
     await add_to_outbox(session, event)

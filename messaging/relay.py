@@ -22,7 +22,7 @@ restart, with the same message id, and the reactors' inboxes absorb the duplicat
   (after the queue is declared again; the other reactors' inboxes absorb the copies). Counted in
   `relay_queues_redeclared`. What remains: a queue deleted *and* declared again between the two checks of
   one batch (milliseconds), and the messages inside a queue when it is deleted, which deleting destroys
-  (change a queue's arguments with `python -m ops.queues migrate`, which moves them, instead).
+  (change a queue's arguments with `order-saga queues migrate`, which moves them, instead).
 """
 
 from __future__ import annotations
@@ -419,27 +419,3 @@ def _describe(err: BaseException) -> str:
 
 def loop_time() -> float:
     return asyncio.get_running_loop().time()
-
-
-def main() -> None:
-    """`python -m messaging.relay`: publish the outbox until SIGINT/SIGTERM."""
-    # The composition root imports this module; importing it here, not at the top, avoids the cycle.
-    from infra.bootstrap import open_database, outbox_relay
-    from infra.process import run_until_signalled
-    from infra.settings import load_settings
-
-    settings = load_settings()
-
-    async def serve(stop: asyncio.Event) -> None:
-        database = open_database(settings)
-        try:
-            log.info("outbox relay publishing to %s", Topology.from_settings(settings).exchange)
-            await outbox_relay(settings, database).run(stop)
-        finally:
-            await database.dispose()
-
-    run_until_signalled(settings, "relay", serve, metrics_port=settings.relay_metrics_port)
-
-
-if __name__ == "__main__":
-    main()

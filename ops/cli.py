@@ -3,7 +3,8 @@
 order-saga orders place --item SKU-A:2 --token tok_ok --country DE
 order-saga orders show ORDER_ID | orders list [--status S] | orders cancel ORDER_ID
 order-saga dlq list REACTOR | dlq redrive REACTOR [IDS...] [--all]
-order-saga outbox status
+order-saga outbox status | queues migrate REACTOR... | retention run
+order-saga timeline ORDER_ID | asyncapi
 order-saga demo
 """
 
@@ -18,22 +19,28 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from infra.bootstrap import open_database
+from infra.db import open_database
+from infra.retention import RetentionReport, run_retention
 from infra.settings import load_settings
-from observability.cli import asyncapi_command, timeline_command
-from ops import demo
+from ops import demo, dlq_commands, queues
 from ops.api_client import ApiError, OrdersApi
+from ops.demo import amount_text
+from ops.inspect import asyncapi_command, timeline_command
 from ops.outbox_status import OutboxStatus, outbox_status
-from reactors import dlq
 
 # Wide enough for full order ids when the output is piped (rich assumes 80 columns then).
 console = Console(width=max(Console().width, 120))
 app = typer.Typer(help="Operate the order saga service.", no_args_is_help=True)
 orders_app = typer.Typer(help="Place, follow and cancel orders (through the HTTP API).", no_args_is_help=True)
 outbox_app = typer.Typer(help="The transactional outbox.", no_args_is_help=True)
+retention_app = typer.Typer(
+    help="Bounded tables: delete rows older than their retention.", no_args_is_help=True
+)
 app.add_typer(orders_app, name="orders")
-app.add_typer(dlq.app, name="dlq", help="Dead letters of a reactor: list and redrive.")
+app.add_typer(dlq_commands.app, name="dlq", help="Dead letters of a reactor: list and redrive.")
 app.add_typer(outbox_app, name="outbox")
+app.add_typer(queues.app, name="queues")
+app.add_typer(retention_app, name="retention")
 app.command("timeline")(timeline_command)
 app.command("asyncapi")(asyncapi_command)
 
@@ -97,13 +104,20 @@ def show(order_id: str, api_url: ApiUrl = None, api_key: ApiKey = None) -> None:
         console.print(f"failure: {order['failure']}")
     lines = Table("sku", "quantity", "unit price", "total", title="lines")
     for line in order["lines"]:
-        lines.add_row(line["sku"], str(line["quantity"]), str(line["unit_price"]), str(line["line_total"]))
+        lines.add_row(
+            line["sku"],
+            str(line["quantity"]),
+            amount_text(line["unit_price"], order["currency"]),
+            amount_text(line["line_total"], order["currency"]),
+        )
     history = Table("at", "status", "reason", title="status history")
     for change in order["status_history"]:
         history.add_row(change["at"], change["status"], change.get("reason") or "")
     console.print(lines, history)
     for payment in order.get("payments", []):
-        console.print(f"payment: {payment}")
+        amount = amount_text(payment.get("amount"), payment.get("currency", ""))
+        detail = payment.get("failure_detail") or payment.get("reference") or ""
+        console.print(f"payment: {payment.get('kind')} {amount} {payment.get('status')} {detail}".rstrip())
     if order.get("shipment"):
         console.print(f"shipment: {order['shipment']}")
 
@@ -168,6 +182,26 @@ async def _outbox_status() -> OutboxStatus:
         await database.dispose()
 
 
+@retention_app.command("run")
+def retention_run() -> None:
+    """Run the retention once now (what the Temporal Schedule does every RETENTION_INTERVAL_MINUTES)."""
+    report = asyncio.run(_retention_run())
+    table = Table("table", "rows deleted")
+    for name, count in report.deleted.items():
+        table.add_row(name, str(count))
+    console.print(table)
+    console.print(f"{report.batches} batches in {report.seconds:.2f}s")
+
+
+async def _retention_run() -> RetentionReport:
+    settings = load_settings()
+    database = open_database(settings)
+    try:
+        return await run_retention(database.sessions, settings)
+    finally:
+        await database.dispose()
+
+
 @app.command("demo")
 def run_demo(api_url: ApiUrl = None, api_key: ApiKey = None) -> None:
     """Seed a catalogue, place an order down every path, show outcomes and the reactors' effects."""
@@ -176,9 +210,4 @@ def run_demo(api_url: ApiUrl = None, api_key: ApiKey = None) -> None:
 
 
 def _money(order: dict[str, Any]) -> str:
-    amount = order.get("total_amount", order.get("total", 0))
-    return f"{int(amount) / 100:.2f} {order.get('currency', '')}"
-
-
-if __name__ == "__main__":
-    app()
+    return amount_text(order.get("total_amount", order.get("total", 0)), order.get("currency", ""))

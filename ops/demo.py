@@ -13,6 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from domain import money
 from ops.api_client import ApiError, OrdersApi
 
 CUSTOMER = {"id": "demo-customer", "email": "demo@example.com"}
@@ -40,7 +41,9 @@ PATHS = [
     DemoPath("payment declined", (("DEMO-MUG", 1),), token="tok_declined"),
     DemoPath("cannot ship to ZZ", (("DEMO-TEE", 1),), country="ZZ"),
     DemoPath("out of stock", (("DEMO-RARE", 3),)),
-    DemoPath("cancelled by the customer", (("DEMO-MUG", 1),), cancel=True),
+    # `tok_hold` holds the charge for 5 s: the cancel sent right after placing lands while the saga is
+    # still before shipping, however busy or quiet the machine (with `tok_ok` it could ship first).
+    DemoPath("cancelled by the customer", (("DEMO-MUG", 1),), token="tok_hold", cancel=True),
 ]
 
 
@@ -59,6 +62,28 @@ def _order_body(path: DemoPath) -> dict[str, Any]:
     }
 
 
+def place_path(api: OrdersApi, path: DemoPath) -> tuple[str, str]:
+    """Place the path's order (and cancel it at once on the cancel path): its id and a note."""
+    accepted = api.place_order(_order_body(path))
+    note = ""
+    if path.cancel:
+        try:
+            api.cancel(accepted["order_id"], "changed my mind")
+            note = " -> cancel accepted"
+        except ApiError as err:
+            note = f" -> cancel refused: {err.detail or err.title}"
+    return str(accepted["order_id"]), note
+
+
+def amount_text(minor_units: Any, currency: str) -> str:
+    """An amount of minor units as domain.money formats it (1500 KWD -> "1.500 KWD"); one it cannot format
+    (not an int, a currency it does not know) is shown as it came, in minor units, never guessed at."""
+    try:
+        return money.format_amount(minor_units, currency)
+    except (money.UnsupportedCurrency, TypeError):
+        return f"{minor_units} {currency} (minor units)"
+
+
 def _wait_until(check: Any, what: str, console: Console) -> None:
     deadline = time.monotonic() + SETTLE_SECONDS
     while not check():
@@ -72,21 +97,14 @@ def run(api: OrdersApi, console: Console) -> None:
     console.rule("1. catalogue")
     for sku, name, price, stock in CATALOGUE:
         api.ensure_product(sku, name, price, "EUR", stock)
-        console.print(f"  {sku:<10} {name:<20} {price / 100:>7.2f} EUR  stock {stock}")
+        console.print(f"  {sku:<10} {name:<20} {amount_text(price, 'EUR'):>11}  stock {stock}")
 
     console.rule("2. orders, one per path")
     placed: dict[str, str] = {}
     for path in PATHS:
-        accepted = api.place_order(_order_body(path))
-        placed[path.name] = accepted["order_id"]
-        note = ""
-        if path.cancel:
-            try:
-                api.cancel(accepted["order_id"], "changed my mind")
-                note = " -> cancel accepted"
-            except ApiError as err:
-                note = f" -> cancel refused: {err.detail or err.title}"
-        console.print(f"  {path.name:<28} {accepted['order_id']}{note}")
+        order_id, note = place_path(api, path)
+        placed[path.name] = order_id
+        console.print(f"  {path.name:<28} {order_id}{note}")
 
     console.rule("3. outcomes")
     orders: dict[str, dict[str, Any]] = {}
@@ -121,9 +139,8 @@ def run(api: OrdersApi, console: Console) -> None:
         f"  analytics today: {sales['orders_shipped']} orders shipped, {sales['orders_cancelled']} cancelled"
     )
     for sku in sales["skus"]:
-        console.print(
-            f"    {sku['sku']:<10} {sku['units']:>4} units  {sku['revenue'] / 100:>9.2f} {sku['currency']}"
-        )
+        revenue = amount_text(sku["revenue"], sku["currency"])
+        console.print(f"    {sku['sku']:<10} {sku['units']:>4} units  {revenue:>13}")
     console.print(
         "\nFollow any order in the Temporal Web UI: http://127.0.0.1:8233 (search OrderStatus, CustomerId)"
     )

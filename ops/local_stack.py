@@ -54,9 +54,13 @@ def ensure_broker(settings: Settings) -> None:
         time.sleep(1)
 
 
+def prepare_var() -> None:
+    """`var/` holds the Temporal dev server's state (`var/temporal.db`) whatever the database, the
+    SQLite orders database by default, and the mail sink's Maildir: a fresh clone has none of it."""
+    (ROOT / "var").mkdir(exist_ok=True)
+
+
 def migrate(settings: Settings) -> None:
-    if settings.is_sqlite:
-        (ROOT / "var").mkdir(exist_ok=True)
     config = Config(str(ROOT / "alembic.ini"))
     config.attributes["database_url"] = settings.database_url
     command.upgrade(config, "head")
@@ -83,6 +87,7 @@ def banner(settings: Settings) -> str:
 def main() -> None:
     settings = load_settings()
     ensure_broker(settings)
+    prepare_var()
     migrate(settings)
     print(banner(settings), flush=True)
     honcho = Path(sys.executable).with_name("honcho")

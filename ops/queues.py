@@ -1,6 +1,6 @@
 """Operator command for the reactors' queues: re-create them with new arguments, losing no message.
 
-    python -m ops.queues migrate loyalty [analytics ...]
+    order-saga queues migrate loyalty [analytics ...]
 
 Run it with the NEW settings (for example `REACTOR_DELIVERY_LIMIT=30`) while the named reactors are
 stopped; see `messaging.queue_migration` for the steps and README ("Changing a queue's arguments").
@@ -52,7 +52,3 @@ def migrate(
             f"{subscription.reactor}: queues re-created "
             f"(delivery limit {topology.delivery_limit}); moved {moved}"
         )
-
-
-if __name__ == "__main__":
-    app()

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from dataclasses import asdict
+from pathlib import Path
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import (
@@ -18,18 +17,60 @@ from temporalio.common import (
 )
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.runtime import Runtime
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
-from domain.model import Money, OrderStatus, PlaceOrder, price_order, workflow_id_for
-from infra import models
+from activities.messages import CancelOutcome, CancelRequest, OrderSagaInput, OrderSagaResult
+from domain.model import OrderStatus, PlaceOrder, workflow_id_for
+from infra.orders import create_order
 from infra.settings import Settings
 from observability import tracing
 from observability.metrics import metrics
 from orchestrator import search_attributes
-from orchestrator.messages import CancelOutcome, CancelRequest, OrderSagaInput, OrderSagaResult
 from orchestrator.workflow import CANCEL_REFUSED, OrderWorkflow
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class TemporalConnection:
+    """Where and how to reach Temporal: the arguments of `Client.connect`, built from Settings only.
+
+    `tls`: False (plain), True (TLS with the system's CAs) or a TLSConfig (own CA, mTLS, server name).
+    `api_key`: sent as `authorization: Bearer <key>` (Temporal Cloud); never logged.
+    """
+
+    target_host: str
+    namespace: str
+    # Out of the repr: a TLSConfig's repr shows the client's private key.
+    tls: bool | TLSConfig = dataclasses.field(repr=False)
+    api_key: str | None = dataclasses.field(repr=False)
+
+
+def temporal_connection(settings: Settings) -> TemporalConnection:
+    """The connection every process uses (API, worker, timeline, CLI): Settings' TEMPORAL_* only.
+
+    Reads the PEM files named by the *_PATH settings. Raises OSError when one cannot be read.
+    """
+    tls: bool | TLSConfig = settings.temporal_uses_tls
+    ca = _pem(settings.temporal_tls_server_ca_cert_path, settings.temporal_tls_server_ca_cert_data)
+    cert = _pem(settings.temporal_tls_client_cert_path, settings.temporal_tls_client_cert_data)
+    key_data = settings.temporal_tls_client_key_data
+    key = _pem(settings.temporal_tls_client_key_path, key_data.get_secret_value() if key_data else None)
+    if ca or cert or settings.temporal_tls_server_name:
+        tls = TLSConfig(
+            server_root_ca_cert=ca,
+            domain=settings.temporal_tls_server_name,
+            client_cert=cert,
+            client_private_key=key,
+        )
+    api_key = settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None
+    return TemporalConnection(settings.temporal_address, settings.temporal_namespace, tls, api_key)
+
+
+def _pem(path: Path | None, data: str | None) -> bytes | None:
+    if path is not None:
+        return path.read_bytes()
+    return data.encode() if data is not None else None
 
 
 async def connect_temporal(
@@ -37,17 +78,22 @@ async def connect_temporal(
 ) -> Client:
     """Connect to Temporal, waiting up to `wait_seconds` for a server that is still starting.
 
+    The address, namespace, TLS (own CA, mTLS, server name) and API key come from `temporal_connection`.
     With tracing on, the client (and every worker built on it) carries OpenTelemetry's interceptor, so an
     order's trace runs from the API through the workflow into its activities. `runtime`: a Temporal
-    runtime of the caller's (the worker's serves the SDK metrics).
+    runtime of the caller's (the worker's serves the SDK metrics). Raises RuntimeError when Temporal cannot
+    be reached (or the TLS handshake fails) until the deadline.
     """
+    connection = temporal_connection(settings)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_seconds
     while True:
         try:
             return await Client.connect(
-                settings.temporal_address,
-                namespace=settings.temporal_namespace,
+                connection.target_host,
+                namespace=connection.namespace,
+                tls=connection.tls,
+                api_key=connection.api_key,
                 interceptors=tracing.temporal_interceptors(),
                 runtime=runtime,
             )
@@ -56,56 +102,6 @@ async def connect_temporal(
                 raise RuntimeError(f"Temporal is not reachable at {settings.temporal_address}") from err
             log.info("waiting for Temporal at %s", settings.temporal_address)
             await asyncio.sleep(1.0)
-
-
-async def create_order(session_factory: async_sessionmaker[AsyncSession], command: PlaceOrder) -> bool:
-    """Write the order in PLACED state with its lines, priced from the catalogue, in one transaction.
-
-    Returns False when an order with this id already exists (nothing is written then).
-    Raises UnknownProduct / InvalidOrder before anything is written.
-    """
-    try:
-        async with session_factory() as session, session.begin():
-            if await session.get(models.Order, command.order_id) is not None:
-                return False
-            session.add_all(await _priced_order_rows(session, command))
-        metrics().orders_placed.inc()
-    except IntegrityError:
-        # A concurrent placement of the same order won the race; its row is the order.
-        async with session_factory() as session:
-            if await session.get(models.Order, command.order_id) is not None:
-                return False
-        raise
-    return True
-
-
-async def _priced_order_rows(session: AsyncSession, command: PlaceOrder) -> list[object]:
-    skus = [item.sku for item in command.items]
-    products = (await session.scalars(select(models.Product).where(models.Product.sku.in_(skus)))).all()
-    prices = {p.sku: Money(p.unit_price, p.currency) for p in products}
-    lines, total = price_order(command.items, prices)
-    order = models.Order(
-        id=command.order_id,
-        workflow_id=workflow_id_for(command.order_id),
-        customer_id=command.customer_id,
-        customer_email=command.customer_email,
-        currency=total.currency,
-        total_amount=total.amount,
-        payment_token=command.payment_token,
-        shipping_address=asdict(command.shipping_address),
-        status=OrderStatus.PLACED,
-        lines=[
-            models.OrderLine(
-                line_no=number,
-                sku=line.sku,
-                quantity=line.quantity,
-                unit_price=line.unit_price.amount,
-                line_total=line.total.amount,
-            )
-            for number, line in enumerate(lines, start=1)
-        ],
-    )
-    return [order, models.OrderStatusChange(order_id=order.id, status=OrderStatus.PLACED)]
 
 
 async def start_saga(
@@ -140,13 +136,14 @@ async def place_order(
 ) -> WorkflowHandle[OrderWorkflow, OrderSagaResult]:
     """Record the order, then start its saga. Safe to repeat: a retry after a crash between the
     two steps starts the missing saga, a plain duplicate changes nothing."""
-    await create_order(session_factory, command)
+    if await create_order(session_factory, command):
+        metrics().orders_placed.inc()
     return await start_saga(client, task_queue, command.order_id, command.customer_id)
 
 
 async def request_cancel(client: Client, order_id: str, reason: str) -> CancelOutcome:
     """Ask the saga to cancel. Refused (accepted=False) once shipping has started or it has ended."""
-    handle = client.get_workflow_handle_for(OrderWorkflow.run, workflow_id_for(order_id))
+    handle = client.get_workflow_handle(workflow_id_for(order_id), result_type=OrderSagaResult)
     try:
         return await handle.execute_update(OrderWorkflow.cancel, CancelRequest(reason=reason))
     except WorkflowUpdateFailedError as err:

@@ -16,14 +16,7 @@ from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from activities.inventory import InventoryActivities
-    from activities.orders import OrderActivities
-    from activities.payments import PaymentActivities
-    from activities.shipping import ShippingActivities
-    from domain.errors import BUSINESS_FAILURES
-    from domain.model import FailureReason, OrderStatus
-    from orchestrator import search_attributes
-    from orchestrator.compensation import Compensations
-    from orchestrator.messages import (
+    from activities.messages import (
         CancelOutcome,
         CancelRequest,
         OrderClosure,
@@ -34,6 +27,14 @@ with workflow.unsafe.imports_passed_through():
         StatusChange,
         StepOutcome,
     )
+    from activities.orders import OrderActivities
+    from activities.payments import PaymentActivities
+    from activities.shipping import ShippingActivities
+    from activities.steps import step_name
+    from domain.errors import BUSINESS_FAILURES
+    from domain.model import FailureReason, OrderStatus
+    from orchestrator import search_attributes
+    from orchestrator.compensation import Compensations
 
 BUSINESS_FAILURE_CODES = frozenset(error.code for error in BUSINESS_FAILURES)
 
@@ -73,27 +74,19 @@ class OrderWorkflow:
         order = OrderRef(saga.order_id)
         compensations = Compensations()
         try:
-            compensations.register(
-                "release_inventory",
-                lambda: self._compensate(InventoryActivities.release_inventory, order),
-            )
+            self._register(compensations, InventoryActivities.release_inventory, order)
             await self._step(InventoryActivities.reserve_inventory, order)
             self._advance(OrderStatus.INVENTORY_RESERVED)
             self._stop_if_cancel_requested()
 
-            compensations.register(
-                "refund_payment", lambda: self._compensate(PaymentActivities.refund_payment, order)
-            )
+            self._register(compensations, PaymentActivities.refund_payment, order)
             await self._step(PaymentActivities.charge_payment, order)
             self._advance(OrderStatus.PAYMENT_CHARGED)
             self._stop_if_cancel_requested()
 
             # From here on the parcel may be on its way: cancels are refused.
             self._state.shipping_started = True
-            compensations.register(
-                "cancel_shipment",
-                lambda: self._compensate(ShippingActivities.cancel_shipment, order),
-            )
+            self._register(compensations, ShippingActivities.cancel_shipment, order)
             await self._step(ShippingActivities.create_shipment, order)
             await workflow.execute_local_activity_method(
                 OrderActivities.mark_order_shipped,
@@ -165,6 +158,15 @@ class OrderWorkflow:
         if workflow.cancellation_reason() is not None:
             raise asyncio.CancelledError
         return outcome
+
+    def _register(
+        self,
+        compensations: Compensations,
+        activity: Callable[..., Awaitable[StepOutcome]],
+        order: OrderRef,
+    ) -> None:
+        """Register `activity` (a compensation) under its own activity name, before its step runs."""
+        compensations.register(step_name(activity), lambda: self._compensate(activity, order))
 
     async def _compensate(
         self, activity: Callable[..., Awaitable[StepOutcome]], order: OrderRef

@@ -71,7 +71,7 @@ class Reactor:
     apply: Apply
     prepare: Prepare | None = None
     # Event types (routing keys) this reactor publishes, if any; the event catalog checks they cannot feed
-    # back into it (observability.catalog.check_acyclic). None of today's reactors publishes.
+    # back into it (messaging.asyncapi.check_acyclic). None of today's reactors publishes.
     publishes: tuple[str, ...] = ()
     apply_batch: ApplyBatch | None = None
     prepare_batch: PrepareBatch | None = None

@@ -14,6 +14,8 @@ class InboxMessage(Base):
     """A message a reactor has applied. Inserted in the same transaction as the reactor's effects."""
 
     __tablename__ = "inbox_messages"
+    # The retention's scan (infra/retention.py).
+    __table_args__ = (Index("ix_inbox_messages_processed_at", "processed_at"),)
 
     consumer: Mapped[str] = mapped_column(String(64), primary_key=True)
     message_id: Mapped[str] = mapped_column(String(64), primary_key=True)

@@ -1,7 +1,7 @@
 """The registered reactors. Adding one: write its module (a `Reactor`), then add one line below.
 
-The relay declares the queues of every reactor listed here, the runner (`python -m reactors.run`) starts
-them, and migrations/env.py imports this module so their tables are known to Alembic.
+The relay declares the queues of every reactor listed here, the runner (`python -m entrypoints.reactors`)
+starts them, and migrations/env.py imports this module so their tables are known to Alembic.
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.providers import SimulatedCarrier, SimulatedPaymentGateway
-from infra.bootstrap import Database, saga_activities
+from entrypoints.bootstrap import saga_activities
+from infra.db import Database
 from infra.settings import Settings
 from orchestrator import search_attributes
 from orchestrator.workflow import OrderWorkflow

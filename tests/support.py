@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from domain.model import PlaceOrder, RequestedItem, ShippingAddress
 from infra import models
-from infra.bootstrap import Database, open_database
+from infra.db import Database, open_database
 from infra.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent

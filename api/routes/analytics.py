@@ -7,9 +7,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from api.deps import Admin, ReadModelsDep
+from api.deps import Admin, Queries
 from api.problems import problem_responses
-from reactors.analytics.queries import DailySales
+from api.schemas import DailySales
 
 router = APIRouter(prefix="/analytics", tags=["analytics"])
 
@@ -34,7 +34,7 @@ SALES_EXAMPLE = {
 )
 async def daily_sales(
     caller: Admin,
-    read_models: ReadModelsDep,
+    queries: Queries,
     day: Annotated[date, Query(alias="date", description="A UTC day, YYYY-MM-DD.", examples=["2026-01-05"])],
 ) -> DailySales:
-    return await read_models.sales(day)
+    return await queries.sales(day)

@@ -6,10 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
-from api.deps import OrderReader, ReadModelsDep
+from api.deps import OrderReader, Queries
 from api.problems import problem_responses
-from api.schemas import CUSTOMER_ID_PATTERN
-from reactors.loyalty.queries import LoyaltyAccount
+from api.schemas import CUSTOMER_ID_PATTERN, LoyaltyAccount
 
 router = APIRouter(prefix="/customers", tags=["customers"])
 
@@ -39,7 +38,7 @@ LOYALTY_EXAMPLE = {
 )
 async def customer_loyalty(
     caller: OrderReader,
-    read_models: ReadModelsDep,
+    queries: Queries,
     customer_id: Annotated[
         str,
         Path(
@@ -48,4 +47,4 @@ async def customer_loyalty(
     ],
     limit: Annotated[int, Query(ge=1, le=200, description="How many ledger entries.")] = 50,
 ) -> LoyaltyAccount:
-    return await read_models.loyalty(customer_id, limit=limit)
+    return await queries.loyalty(customer_id, limit=limit)

@@ -7,8 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from api.deps import ResourcesDep
-from observability.catalog import asyncapi_document
+from messaging.asyncapi import asyncapi_document
 from observability.metrics import latest
+from reactors.registry import REACTORS
 
 router = APIRouter()
 
@@ -36,4 +37,4 @@ async def prometheus_metrics() -> Response:
     responses={200: {"description": "An AsyncAPI 3.0 document."}},
 )
 async def asyncapi(resources: ResourcesDep) -> dict[str, Any]:
-    return asyncapi_document(resources.settings)
+    return asyncapi_document(resources.settings, REACTORS)

@@ -7,9 +7,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Request, Response, status
 
-from api.deps import IdempotencyKey, OrderId, OrderReader, Orders, OrderWriter, ReadModelsDep, ResourcesDep
+from api.deps import Commands, IdempotencyKey, OrderId, OrderReader, OrderWriter, Queries
 from api.idempotency import KEY_CHARACTERS
-from api.order_service import order_not_found
 from api.problems import problem_responses
 from api.schemas import (
     CURSOR_PATTERN,
@@ -22,10 +21,8 @@ from api.schemas import (
     OrderPage,
     OrderTimeline,
     PlaceOrderIn,
-    TimelineEntryOut,
 )
 from domain.model import OrderStatus
-from observability.timeline_sources import load_timeline
 
 router = APIRouter(prefix="/orders", tags=["orders"])
 
@@ -70,11 +67,11 @@ async def place_order(
     caller: OrderWriter,
     key: IdempotencyKey,
     body: PlaceOrderIn,
-    orders: Orders,
+    commands: Commands,
     request: Request,
     response: Response,
 ) -> OrderAccepted:
-    placed = await orders.place(caller, key, body)
+    placed = await commands.place(caller, key, body)
     href = request.app.url_path_for("get_order", order_id=placed.order_id)
     response.headers["Location"] = href
     if placed.replayed:
@@ -91,7 +88,7 @@ async def place_order(
 )
 async def list_orders(
     caller: OrderReader,
-    orders: Orders,
+    queries: Queries,
     status: Annotated[OrderStatus | None, Query(description="Only orders in this status.")] = None,
     customer_id: Annotated[
         str | None,
@@ -103,7 +100,7 @@ async def list_orders(
         Query(pattern=CURSOR_PATTERN, description="`next_cursor` of the previous page."),
     ] = None,
 ) -> OrderPage:
-    return await orders.list(status=status, customer_id=customer_id, limit=limit, cursor=cursor)
+    return await queries.orders(status=status, customer_id=customer_id, limit=limit, cursor=cursor)
 
 
 @router.get(
@@ -114,8 +111,8 @@ async def list_orders(
     "Visible as soon as `POST /orders` has answered. Needs `orders:read`.",
     responses=problem_responses(401, 403, 404, 422),
 )
-async def get_order(caller: OrderReader, order_id: OrderId, orders: Orders) -> OrderOut:
-    return await orders.get(order_id)
+async def get_order(caller: OrderReader, order_id: OrderId, queries: Queries) -> OrderOut:
+    return await queries.order(order_id)
 
 
 @router.post(
@@ -130,10 +127,10 @@ async def get_order(caller: OrderReader, order_id: OrderId, orders: Orders) -> O
 async def cancel_order(
     caller: OrderWriter,
     order_id: OrderId,
-    orders: Orders,
+    commands: Commands,
     body: Annotated[CancelOrderIn | None, Body()] = None,
 ) -> CancelAccepted:
-    return await orders.cancel(order_id, (body or CancelOrderIn()).reason)
+    return await commands.cancel(order_id, (body or CancelOrderIn()).reason)
 
 
 @router.get(
@@ -144,10 +141,8 @@ async def cancel_order(
     "Needs `orders:read`.",
     responses=problem_responses(401, 403, 404, 422),
 )
-async def order_notifications(
-    caller: OrderReader, order_id: OrderId, read_models: ReadModelsDep
-) -> OrderNotifications:
-    return await read_models.notifications(order_id)
+async def order_notifications(caller: OrderReader, order_id: OrderId, queries: Queries) -> OrderNotifications:
+    return await queries.notifications(order_id)
 
 
 @router.get(
@@ -161,28 +156,5 @@ async def order_notifications(
     "Needs `orders:read`.",
     responses=problem_responses(401, 403, 404, 422),
 )
-async def order_timeline(caller: OrderReader, order_id: OrderId, resources: ResourcesDep) -> OrderTimeline:
-    timeline = await load_timeline(resources.database.sessions, resources.temporal, order_id)
-    if timeline is None:
-        raise order_not_found(order_id)
-    return OrderTimeline(
-        order_id=uuid.UUID(timeline.order_id),
-        workflow_id=timeline.workflow_id,
-        warnings=list(timeline.warnings),
-        entries=[
-            TimelineEntryOut(
-                at=entry.at,
-                source=entry.source.value,
-                actor=entry.actor,
-                kind=entry.kind,
-                summary=entry.summary,
-                step=entry.step,
-                attempt=entry.attempt,
-                duration_ms=entry.duration_ms,
-                detail=entry.detail,
-                event_id=entry.event_id,
-                trace_id=entry.trace_id,
-            )
-            for entry in timeline.entries
-        ],
-    )
+async def order_timeline(caller: OrderReader, order_id: OrderId, queries: Queries) -> OrderTimeline:
+    return await queries.timeline(order_id)

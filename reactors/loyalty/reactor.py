@@ -10,20 +10,26 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.envelope import ReceivedEvent
 from contracts.orders import ORDER_SHIPPED_V1, OrderShippedV1
+from domain import money
 from infra.models import utcnow
-from reactors.base import Reactor, unsupported
+from reactors.base import PermanentError, Reactor, unsupported
 from reactors.loyalty.models import LoyaltyBalance, LoyaltyLedgerEntry
 from reactors.sql import add_to_counters, table_of
 
 NAME = "loyalty"
-# ISO 4217 currencies whose minor unit is not the cent; every other currency has two decimals.
-MINOR_UNIT_DIGITS = {"BHD": 3, "JOD": 3, "KWD": 3, "OMR": 3, "TND": 3, "JPY": 0, "KRW": 0, "ISK": 0, "CLP": 0}
 
 
 def points_for(total_amount: int, currency: str) -> int:
-    """Whole currency units in an amount of minor units: 1 point each, fractions dropped."""
-    divisor: int = 10 ** MINOR_UNIT_DIGITS.get(currency, 2)
-    return total_amount // divisor
+    """`points_for(total_amount: int, currency: str) -> int`: 1 point per whole currency unit in an amount
+    of minor units, the fraction dropped (1999 EUR cents -> 19, 1500 JPY -> 1500, 1500 KWD fils -> 1); the
+    exponent comes from ISO 4217 (domain.money).
+
+    Raises PermanentError for a currency the money module cannot handle (no retry can fix it).
+    """
+    try:
+        return money.whole_units(total_amount, currency)
+    except money.UnsupportedCurrency as err:
+        raise PermanentError(f"{NAME}: cannot credit points: {err}") from err
 
 
 async def apply_batch(events: Sequence[ReceivedEvent], session: AsyncSession) -> None:
@@ -39,7 +45,7 @@ async def apply_batch(events: Sequence[ReceivedEvent], session: AsyncSession) ->
                 "event_id": event.id,
                 "order_id": shipped.order_id,
                 "points": points_for(shipped.total_amount, shipped.currency),
-                "reason": f"order shipped ({shipped.total_amount} {shipped.currency} minor units)",
+                "reason": f"order shipped ({money.format_amount(shipped.total_amount, shipped.currency)})",
                 "created_at": utcnow(),
             }
         )

@@ -20,10 +20,11 @@ class NotificationView(BaseModel):
     subject: str
     body: str
     message_id: str
-    status: str  # sending | sent
+    status: str  # sending | retrying | sent | failed (see reactors.notification.models)
     send_attempts: int
     created_at: datetime
     sent_at: datetime | None
+    last_error: str | None = None  # why the last send failed (retrying, failed)
 
 
 async def notifications_for_order(session: AsyncSession, order_id: str) -> list[NotificationView]:

@@ -1,45 +1,54 @@
 """The notification reactor: renders one mail per event and sends it over SMTP (aiosmtplib).
 
-A mail cannot join a database transaction, so the send is made idempotent by event id around it:
+A mail cannot join a database transaction, so the send is made idempotent by event id around it. The
+reactor's two handlers say what they do:
 
-1. `prepare_batch` claims the batch's events in `notifications` in one short transaction: a row already
-   `sent` means the mail went out before (nothing to do); a row `sending` that was claimed less than
-   `notification_send_lease_seconds` ago belongs to another notifier (retry later); otherwise this
-   notifier claims it (status `sending`, claimed now).
-2. It sends each mail over one SMTP connection kept open (`Mailer`). The RFC 5322 Message-ID is derived
-   from the event id (`<event-id@order-saga>`). A mail whose claim has expired by then is not sent.
-3. Right after each send, it marks that row `sent` in a short transaction of its own (not one for the
-   batch, which would keep the first mails unmarked while the others are being sent).
-4. The runtime then inserts the batch's inbox rows in its own transaction, and acks.
+- `send_mails` (the runtime's preparation step, before the inbox transaction):
+  1. claims the batch's events in `notifications` in one short transaction: a row already `sent` means the
+     mail went out before (nothing to do); a row `sending` that was claimed less than
+     `notification_send_lease_seconds` ago belongs to another notifier (retry later); otherwise (new,
+     `retrying`, an expired `sending`, or `failed` again after a redrive) this notifier claims it (status
+     `sending`, claimed now).
+  2. sends each mail over one SMTP connection kept open (`smtp.Mailer`). The RFC 5322 Message-ID is derived
+     from the event id (`<event-id@order-saga>`). A mail whose claim has expired by then is not sent.
+  3. right after each send, marks that row `sent` in a short transaction of its own (not one for the
+     batch, which would keep the first mails unmarked while the others are being sent).
+- `check_mails_sent` (the runtime's apply step, inside the inbox transaction): every mail of the batch must
+  be recorded `sent` by now; the runtime then inserts the inbox rows and acks.
+
+A failed send is classified (`smtp.classify`): a permanent failure (a 5xx reply, a recipient that needs
+SMTPUTF8 where the server does not offer it) marks the row `failed` with its reason and is dead-lettered at
+once; a transient one (4xx, connection errors, timeouts) marks it `retrying` and is retried with backoff. The
+reactor gives up on its own after `reactor_max_attempts` sends of one mail (row `failed`, dead-lettered with
+the reason), so that no row is left `sending` or `retrying` once the runtime stops retrying. A redrive from
+the DLQ claims a `failed` row again, with a fresh count of attempts.
 
 A redelivered event (duplicate publish, redelivery after a crash anywhere after step 3) finds `sent` and
 sends nothing. The crash window that remains, stated honestly: if the process dies after the SMTP server
 accepted the mail (step 2) but before step 3 commits (milliseconds), the event is redelivered, the claim
 has expired after the lease, and the mail is sent a second time. That copy carries the same Message-ID, so
 mail clients and many servers collapse the pair into one; no mail is ever lost to avoid it (at least once,
-deduplicated everywhere but in that window). An SMTP outage is transient: the event is retried with backoff
-and dead-lettered after `reactor_max_attempts`.
+deduplicated everywhere but in that window).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from email.message import EmailMessage
+from typing import NamedTuple
 
-import aiosmtplib
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts.envelope import ReceivedEvent
 from contracts.orders import ORDER_CANCELLED_V1, ORDER_SHIPPED_V1, OrderCancelledV1, OrderShippedV1
+from domain import money
 from infra.models import utcnow
 from infra.settings import Settings
 from reactors.base import PermanentError, Reactor, ReactorContext, TransientError, unsupported
-from reactors.notification.models import SENDING, SENT, Notification
+from reactors.notification.models import FAILED, RETRYING, SENDING, SENT, Notification
+from reactors.notification.smtp import SEND_FAILURES, Mailer, classify, compose, mailable_address
 from reactors.sql import dialect_insert
 
 NAME = "notification"
@@ -56,13 +65,20 @@ def message_id_for(event_id: str) -> str:
     return f"<{event_id}@{MESSAGE_ID_DOMAIN}>"
 
 
-def render(event: ReceivedEvent) -> tuple[str, str, str]:
-    """(recipient, subject, body) of the mail for an event."""
+class Mail(NamedTuple):
+    recipient: str  # as mailed: an ASCII (IDNA) domain whenever the local part is ASCII
+    subject: str
+    body: str
+
+
+def render(event: ReceivedEvent) -> Mail:
+    """The mail for an event. Raises PermanentError for an event it does not handle, an address that cannot
+    be mailed, or a currency the money module cannot format."""
     match event.data:
         case OrderShippedV1() as shipped:
             items = "\n".join(f"  {line.quantity} x {line.sku}" for line in shipped.lines)
-            return (
-                shipped.customer_email,
+            return Mail(
+                mailable_address(shipped.customer_email),
                 f"Your order {shipped.order_id} has shipped",
                 f"Good news: your order {shipped.order_id} is on its way.\n\n{items}\n\n"
                 f"Carrier: {shipped.shipment.carrier}\n"
@@ -74,8 +90,8 @@ def render(event: ReceivedEvent) -> tuple[str, str, str]:
             what_we_did = (
                 "".join(f"  - {line}\n" for line in undone) or "  - nothing had been charged or shipped\n"
             )
-            return (
-                cancelled.customer_email,
+            return Mail(
+                mailable_address(cancelled.customer_email),
                 f"Your order {cancelled.order_id} was cancelled",
                 f"We are sorry: your order {cancelled.order_id} was cancelled.\n\n"
                 f"Reason: {cancelled.reason.replace('_', ' ').lower()} ({cancelled.detail})\n\n"
@@ -85,60 +101,11 @@ def render(event: ReceivedEvent) -> tuple[str, str, str]:
             raise unsupported(NAME, event)
 
 
-class Mailer:
-    """One SMTP connection kept open for the reactor's mails (a process-wide resource), reconnected after a
-    failure. One mail at a time: an SMTP session is a sequence of commands and replies."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._client: aiosmtplib.SMTP | None = None
-        self._lock = asyncio.Lock()
-
-    async def send(self, message: EmailMessage) -> None:
-        async with self._lock:
-            reused = self._client is not None and self._client.is_connected
-            try:
-                await self._send(message)
-            except (aiosmtplib.SMTPServerDisconnected, ConnectionError):
-                if not reused:
-                    raise
-                # The server may close an idle connection; a fresh one gets one more try.
-                await self._send(message)
-
-    async def _send(self, message: EmailMessage) -> None:
-        if self._client is None or not self._client.is_connected:
-            settings = self._settings
-            client = aiosmtplib.SMTP(
-                hostname=settings.smtp_host,
-                port=settings.smtp_port,
-                # An empty value in the environment means "no login", like an absent one.
-                username=settings.smtp_username or None,
-                password=(settings.smtp_password.get_secret_value() or None)
-                if settings.smtp_password
-                else None,
-                start_tls=settings.smtp_start_tls,
-                use_tls=False,
-                timeout=settings.smtp_timeout_seconds,
-            )
-            await client.connect()  # also STARTTLS and login, as configured
-            self._client = client
-        try:
-            await self._client.send_message(message)
-        except BaseException:
-            await self._drop()  # the session's state is unknown: the next mail starts afresh
-            raise
-
-    async def _drop(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
-    async def aclose(self) -> None:
-        async with self._lock:
-            if self._client is not None and self._client.is_connected:
-                with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
-                    await self._client.quit(timeout=self._settings.smtp_timeout_seconds)
-            await self._drop()
+def _money(minor_units: int, currency: str) -> str:
+    try:
+        return money.format_amount(minor_units, currency)
+    except money.UnsupportedCurrency as err:
+        raise PermanentError(f"{NAME}: cannot write the amount: {err}") from err
 
 
 def mailer_of(context: ReactorContext) -> Mailer:
@@ -148,12 +115,14 @@ def mailer_of(context: ReactorContext) -> Mailer:
     return mailer
 
 
-async def prepare_batch(events: Sequence[ReceivedEvent], context: ReactorContext) -> dict[str, Exception]:
-    """Send each event's mail unless it was sent already (see the module docstring): the claims of the whole
-    batch in one transaction, then each mail, each marked `sent` in its own transaction right after its
-    send, so that the window for a second mail stays that of one mail. Returns the errors by event id."""
+async def send_mails(events: Sequence[ReceivedEvent], context: ReactorContext) -> dict[str, Exception]:
+    """`send_mails(events, context) -> {event_id: error}`: send each event's mail unless it was sent already
+    (see the module docstring): the claims of the whole batch in one transaction, then each mail, each
+    marked `sent` (or `retrying`, `failed`) in its own transaction right after its send, so that the window
+    for a second mail stays that of one mail. Returns the error of each event whose mail is not sent:
+    PermanentError (dead-letter now) or TransientError (retry later)."""
     failed: dict[str, Exception] = {}
-    mails: dict[str, tuple[str, str, str]] = {}
+    mails: dict[str, Mail] = {}
     for event in events:
         try:
             mails[event.id] = render(event)
@@ -167,25 +136,27 @@ async def prepare_batch(events: Sequence[ReceivedEvent], context: ReactorContext
         return {**failed, **{event_id: TransientError(f"claim failed: {err}") for event_id in mails}}
     failed.update(claimed.failed)
     mailer = mailer_of(context)
-    for event_id in claimed.to_send:
+    for event_id, attempts in claimed.to_send.items():
         if utcnow() - claimed.at >= claimed.lease:  # another notifier may own it by now
             failed[event_id] = TransientError(f"claim of the mail for {event_id} expired before sending")
             continue
-        recipient, subject, body = mails[event_id]
+        mail = mails[event_id]
         try:
-            await mailer.send(compose(context.settings, recipient, subject, body, message_id_for(event_id)))
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as err:
-            await _record_send_failure(context.sessions, event_id, err)
-            if isinstance(err, aiosmtplib.SMTPRecipientsRefused):
-                failed[event_id] = PermanentError(f"recipient refused: {err}")
-            else:
-                failed[event_id] = TransientError(f"SMTP send failed: {err}")
+            await mailer.send(compose(context.settings, *mail, message_id_for(event_id)))
+        except SEND_FAILURES as err:
+            error = classify(err, mail.recipient)
+            if isinstance(error, TransientError) and attempts >= context.settings.reactor_max_attempts:
+                # The runtime would dead-letter it after as many attempts: give up here, so that the row
+                # says `failed` with the reason rather than `retrying` for good.
+                error = PermanentError(f"gave up after {attempts} send attempt(s): {error}")
+            failed[event_id] = error
+            await _record_failure(context.sessions, event_id, claimed.at, error)
             continue
         async with context.sessions() as session, session.begin():
             await session.execute(
                 update(Notification)
                 .where(Notification.event_id == event_id)
-                .values(status=SENT, sent_at=utcnow())
+                .values(status=SENT, sent_at=utcnow(), last_error=None)
             )
     return failed
 
@@ -194,19 +165,19 @@ async def prepare_batch(events: Sequence[ReceivedEvent], context: ReactorContext
 class _Claims:
     at: datetime
     lease: timedelta
-    to_send: list[str] = field(default_factory=list)
+    to_send: dict[str, int] = field(default_factory=dict)  # event id -> send attempts, this one included
     failed: dict[str, Exception] = field(default_factory=dict)
 
 
 async def _claim(
     events: Sequence[ReceivedEvent],
-    mails: dict[str, tuple[str, str, str]],
+    mails: dict[str, Mail],
     settings: Settings,
     sessions: async_sessionmaker[AsyncSession],
 ) -> _Claims:
     """Claim the events' mails in one transaction: a new row is claimed by inserting it; an existing one
-    `sent` needs nothing; one claimed less than the lease ago without a recorded failure belongs to another
-    notifier (retry later); any other is claimed again."""
+    `sent` needs nothing; one `sending` claimed less than the lease ago belongs to another notifier (retry
+    later); any other (`retrying`, an expired `sending`, a `failed` one redriven) is claimed again."""
     claims = _Claims(at=utcnow(), lease=timedelta(seconds=settings.notification_send_lease_seconds))
     if not events:
         return claims
@@ -220,9 +191,9 @@ async def _claim(
                             "event_id": event.id,
                             "event_type": event.type,
                             "order_id": event.subject,
-                            "recipient": mails[event.id][0],
-                            "subject": mails[event.id][1],
-                            "body": mails[event.id][2],
+                            "recipient": mails[event.id].recipient,
+                            "subject": mails[event.id].subject,
+                            "body": mails[event.id].body,
                             "message_id": message_id_for(event.id),
                             "status": SENDING,
                             "send_attempts": 1,
@@ -248,36 +219,47 @@ async def _claim(
         for event in events:
             row = existing.get(event.id)
             if event.id in created:
-                claims.to_send.append(event.id)
+                claims.to_send[event.id] = 1
             elif row is None or row.status == SENT:
                 continue
-            elif row.last_error is None and claims.at - row.claimed_at < claims.lease:
-                # A fresh claim without a recorded failure: another notifier is sending this very mail now.
+            elif row.status == SENDING and claims.at - row.claimed_at < claims.lease:
+                # A fresh claim: another notifier is sending this very mail now.
                 claims.failed[event.id] = TransientError(
                     f"mail for {event.id} is being sent by another notifier"
                 )
             else:
+                # A redriven `failed` mail starts a fresh count, so that it gets the runtime's attempts again.
+                row.send_attempts = 1 if row.status == FAILED else row.send_attempts + 1
                 row.status = SENDING
                 row.claimed_at = claims.at
-                row.send_attempts += 1
-                row.last_error = None
-                claims.to_send.append(event.id)
+                row.recipient = mails[event.id].recipient
+                claims.to_send[event.id] = row.send_attempts
     return claims
 
 
-async def _record_send_failure(
-    sessions: async_sessionmaker[AsyncSession], event_id: str, err: BaseException
+async def _record_failure(
+    sessions: async_sessionmaker[AsyncSession], event_id: str, claimed_at: datetime, error: Exception
 ) -> None:
+    """The row of a failed send: `failed` (permanent) or `retrying` (transient), with the reason; only while
+    this notifier's claim holds (after the lease, another one may have claimed it again)."""
     async with sessions() as session, session.begin():
         await session.execute(
             update(Notification)
-            .where(Notification.event_id == event_id, Notification.status == SENDING)
-            .values(last_error=f"{type(err).__name__}: {err}"[:2_000])  # releases the claim
+            .where(
+                Notification.event_id == event_id,
+                Notification.status == SENDING,
+                Notification.claimed_at == claimed_at,
+            )
+            .values(
+                status=FAILED if isinstance(error, PermanentError) else RETRYING,
+                last_error=str(error)[:2_000],
+            )
         )
 
 
-async def apply_batch(events: Sequence[ReceivedEvent], session: AsyncSession) -> None:
-    """Inside the inbox transaction: every notification must be recorded as sent by now."""
+async def check_mails_sent(events: Sequence[ReceivedEvent], session: AsyncSession) -> None:
+    """Inside the inbox transaction: every event's mail must be recorded `sent` by `send_mails` by now.
+    Raises TransientError naming the others (the runtime retries them)."""
     ids = [event.id for event in events]
     sent = set(
         await session.scalars(
@@ -288,28 +270,15 @@ async def apply_batch(events: Sequence[ReceivedEvent], session: AsyncSession) ->
         raise TransientError(f"notification for {', '.join(missing)} is not recorded as sent")
 
 
-async def apply(event: ReceivedEvent, session: AsyncSession) -> None:
-    await apply_batch([event], session)
+async def check_mail_sent(event: ReceivedEvent, session: AsyncSession) -> None:
+    await check_mails_sent([event], session)
 
 
-def compose(settings: Settings, recipient: str, subject: str, body: str, message_id: str) -> EmailMessage:
-    message = EmailMessage()
-    message["From"] = settings.smtp_sender
-    message["To"] = recipient
-    message["Subject"] = subject
-    message["Message-ID"] = message_id
-    message.set_content(body)
-    return message
-
-
-def _money(minor_units: int, currency: str) -> str:
-    return f"{minor_units / 100:.2f} {currency}"
-
-
+# The runtime's two steps: prepare (outside the inbox transaction) sends, apply (inside it) checks.
 REACTOR = Reactor(
     name=NAME,
     routing_keys=(ORDER_SHIPPED_V1.routing_key, ORDER_CANCELLED_V1.routing_key),
-    apply=apply,
-    apply_batch=apply_batch,
-    prepare_batch=prepare_batch,
+    apply=check_mail_sent,
+    apply_batch=check_mails_sent,
+    prepare_batch=send_mails,
 )

@@ -27,7 +27,8 @@ from activities.providers import (
     SimulatedPaymentGateway,
 )
 from api.app import create_app
-from infra.bootstrap import Database, saga_activities
+from entrypoints.bootstrap import saga_activities
+from infra.db import Database
 from infra.settings import Settings, load_settings
 from orchestrator.workflow import OrderWorkflow
 

@@ -10,11 +10,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, text
 
+from api.commands import to_command
 from api.idempotency import request_fingerprint
-from api.order_service import to_command
 from api.schemas import PlaceOrderIn
 from infra import models
-from orchestrator.client import create_order
+from infra.orders import create_order
 from tests.e2e.conftest import ApiHarness, auth, order_body
 
 pytestmark = pytest.mark.e2e

@@ -24,7 +24,7 @@ from schemathesis.specs.openapi.checks import (
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
-from infra.bootstrap import Database
+from infra.db import Database
 from infra.settings import Settings
 from tests.e2e.conftest import api_settings, auth
 

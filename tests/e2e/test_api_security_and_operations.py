@@ -1,4 +1,4 @@
-"""API keys and scopes, the probes, the OpenAPI document and the `python -m api` entry point."""
+"""API keys and scopes, the probes, the OpenAPI document and the `python -m entrypoints.api` entry point."""
 
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ def test_the_server_will_not_start_in_production_without_keys_of_its_own(
     if api_keys is not None:
         env["API_KEYS"] = api_keys
     result = subprocess.run(
-        [sys.executable, "-m", "api"],
+        [sys.executable, "-m", "entrypoints.api"],
         cwd=tmp_path,  # away from any developer's .env
         env=env,
         capture_output=True,
@@ -144,7 +144,7 @@ async def test_python_m_api_serves_and_prints_its_url_and_the_development_key(
     server = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "api",
+        "entrypoints.api",
         cwd=tmp_path,
         env={
             "PYTHONPATH": str(ROOT),

@@ -33,22 +33,22 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from api.app import create_app
-from infra.bootstrap import Database
+from entrypoints.worker import build_worker
+from infra.db import Database
 from infra.settings import Settings
 from messaging.models import OutboxEvent
 from messaging.relay import OutboxRelay
 from messaging.topology import Topology
 from observability import tracing
 from observability.metrics import serve_metrics, temporal_runtime
-from observability.timeline_sources import load_timeline
 from orchestrator.client import connect_temporal
-from orchestrator.worker import build_worker
 from reactors.models import DeliveryOutcome, DeliveryRecord, InboxMessage
 from reactors.notification.smtp_sink import SmtpSink
 from tests.e2e.conftest import FINAL_STATUSES, api_settings, auth, order_body
 from tests.integration.conftest import EventStack, event_stack, eventually
 from tests.integration.event_helpers import publish
 from tests.support import add_product, free_port
+from timeline.sources import load_timeline
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 

@@ -11,6 +11,9 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from infra.settings import Settings
+from ops import demo
+from ops.api_client import OrdersApi
 from ops.cli import app
 from tests.conftest import SagaHarness
 from tests.support import ROOT, add_product, free_port
@@ -27,12 +30,12 @@ def db_backend() -> str:
 
 @pytest.fixture
 async def api_url(saga: SagaHarness) -> AsyncIterator[str]:
-    """`python -m api` on a free port, wired to the harness's database and task queue."""
+    """`python -m entrypoints.api` on a free port, wired to the harness's database and task queue."""
     port = free_port()
     server = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "api",
+        "entrypoints.api",
         cwd=ROOT,
         env={
             "DATABASE_URL": saga.settings.database_url,
@@ -114,3 +117,33 @@ async def test_an_unreachable_api_is_a_clear_error() -> None:
     code, output = await cli("orders", "show", "x", "--api-url", "http://127.0.0.1:9")
     assert code == 1
     assert "not reachable" in output
+
+
+async def test_the_demos_cancel_path_ends_cancelled(saga: SagaHarness, api_url: str) -> None:
+    """`make demo`'s customer cancel must not race the saga: its token holds the charge until the cancel
+    has landed, so the order ends CANCELLED (never SHIPPED) however fast or slow the machine is."""
+    path = next(path for path in demo.PATHS if path.cancel)
+    assert path.token == "tok_hold"
+    for sku, quantity in path.items:
+        await add_product(saga.database.sessions, sku, on_hand=quantity)
+
+    with OrdersApi(api_url, Settings.DEVELOPMENT_API_KEY) as api:
+        order_id, note = await asyncio.to_thread(demo.place_path, api, path)
+        assert note == " -> cancel accepted"
+        async with asyncio.timeout(60):
+            while True:
+                order = await asyncio.to_thread(api.order, order_id)
+                if order["status"] in demo.TERMINAL:
+                    break
+                await asyncio.sleep(0.2)
+
+    assert order["status"] == "CANCELLED", order
+    assert order["failure"]["reason"] == "CUSTOMER_CANCELLED"
+    # Whatever step the cancel met, nothing stays charged.
+    charged = sum(
+        p["amount"] for p in order["payments"] if p["kind"] == "charge" and p["status"] == "succeeded"
+    )
+    refunded = sum(
+        p["amount"] for p in order["payments"] if p["kind"] == "refund" and p["status"] == "succeeded"
+    )
+    assert charged == refunded, order["payments"]

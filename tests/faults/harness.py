@@ -45,7 +45,7 @@ from sqlalchemy import func, select
 from contracts.envelope import STRUCTURED_CONTENT_TYPE
 from domain.model import TERMINAL_STATUSES, FailureReason, OrderStatus
 from infra import models
-from infra.bootstrap import Database, open_database
+from infra.db import Database, open_database
 from infra.settings import Settings
 from messaging.broker import ConfirmedPublisher
 from messaging.models import PENDING, PUBLISHED, OutboxEvent

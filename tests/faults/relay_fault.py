@@ -17,7 +17,7 @@ import signal
 import sys
 from pathlib import Path
 
-from infra.bootstrap import open_database
+from infra.db import open_database
 from infra.settings import load_settings
 from messaging.relay import OutboxRelay
 from messaging.topology import Topology

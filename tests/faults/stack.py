@@ -1,8 +1,9 @@
 """The service's real processes, each its own OS process, for the fault harness and the benchmark.
 
-Every component runs its usual entrypoint (`python -m orchestrator.worker`, `python -m api`, ...) configured
-only through its environment, like in production, against one database, on ports picked free at start and
-under a broker namespace of its own (exchange `<ns>.events`, queues `<ns>.<reactor>...`, deleted at stop).
+Every component runs its usual entrypoint (`python -m entrypoints.worker`, `python -m entrypoints.api`,
+...) configured only through its environment, like in production, against one database, on ports picked
+free at start and under a broker namespace of its own (exchange `<ns>.events`, queues `<ns>.<reactor>...`,
+deleted at stop).
 The Temporal dev server runs with the Procfile's flags, headless, its SQLite file in the work directory.
 Children get PR_SET_PDEATHSIG, so a harness that dies does not leave them burning the shared CPU.
 """
@@ -268,14 +269,14 @@ class LocalStack:
         self._temporal = await asyncio.wait_for(
             connect_temporal(self.settings, wait_seconds=START_TIMEOUT_SECONDS), START_TIMEOUT_SECONDS + 5
         )
-        await self.python_component("smtp", "reactors.notification.smtp_sink").start()
+        await self.python_component("smtp", "entrypoints.smtp_sink").start()
         await self._wait_for_port(self.smtp_port, "smtp")
         for name in REACTOR_NAMES:
-            await self.python_component(f"reactor-{name}", "reactors.run", name).start()
+            await self.python_component(f"reactor-{name}", "entrypoints.reactors", name).start()
         await self.wait_for_reactors()
-        await self.python_component("relay", "messaging.relay").start()
-        await self.python_component("worker", "orchestrator.worker").start()
-        await self.python_component("api", "api").start()
+        await self.python_component("relay", "entrypoints.relay").start()
+        await self.python_component("worker", "entrypoints.worker").start()
+        await self.python_component("api", "entrypoints.api").start()
         await self._wait_for_api()
         await self.wait_for_worker()
 

@@ -14,11 +14,12 @@ from sqlalchemy import update
 
 from contracts.envelope import CloudEvent
 from infra import models
-from infra.bootstrap import Database
+from infra.db import Database
 from infra.settings import Settings
 from messaging.models import PUBLISHED, OutboxEvent
 from messaging.outbox import add_to_outbox
 from reactors.models import InboxMessage
+from tests.events import shipped_event
 from tests.faults.harness import FaultPlan, run_faults
 from tests.faults.invariants import (
     Expectations,
@@ -27,7 +28,6 @@ from tests.faults.invariants import (
     reactors_applied_each_event_once,
     stock_conserved,
 )
-from tests.integration.event_helpers import shipped_event
 from tests.support import add_product, order_command
 
 CI_ORDERS = 60

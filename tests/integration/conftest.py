@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.envelope import EventType
-from infra.bootstrap import Database
+from infra.db import Database
 from infra.settings import Settings
 from messaging.broker import close_quietly, connect
 from messaging.relay import AfterConfirm, OutboxRelay

@@ -12,6 +12,7 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage
 from sqlalchemy import select
 
+from activities.messages import OrderClosure, OrderRef
 from activities.orders import OrderActivities
 from contracts.envelope import STRUCTURED_CONTENT_TYPE, CloudEvent, event_id_for
 from contracts.orders import ORDER_CANCELLED_V1, ORDER_SHIPPED_V1
@@ -21,13 +22,12 @@ from messaging.models import PENDING, PUBLISHED, OutboxEvent
 from messaging.outbox import add_to_outbox
 from messaging.topology import Subscription
 from orchestrator.client import place_order
-from orchestrator.messages import OrderClosure, OrderRef
 from reactors.loyalty.models import LoyaltyLedgerEntry
 from reactors.models import DeliveryOutcome
 from reactors.notification.smtp_sink import SmtpSink
 from tests.conftest import SagaHarness
+from tests.events import shipped_event
 from tests.integration.conftest import EventStack, eventually
-from tests.integration.event_helpers import shipped_event
 from tests.support import add_product, order_command
 
 pytestmark = pytest.mark.integration

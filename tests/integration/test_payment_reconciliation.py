@@ -9,13 +9,13 @@ import pytest
 from sqlalchemy import select
 from temporalio.exceptions import ApplicationError
 
+from activities.messages import OrderRef, StepOutcome
 from activities.payments import PaymentActivities, idempotency_key
 from activities.providers import ChargeRequest, SimulatedPaymentGateway
 from infra import models
-from infra.bootstrap import Database
+from infra.db import Database
+from infra.orders import create_order
 from infra.settings import Settings
-from orchestrator.client import create_order
-from orchestrator.messages import OrderRef, StepOutcome
 from tests.support import add_product, order_command
 
 pytestmark = pytest.mark.integration

@@ -17,8 +17,8 @@ from reactors.loyalty.models import LoyaltyBalance, LoyaltyLedgerEntry
 from reactors.models import DeliveryOutcome, DeliveryRecord, InboxMessage
 from reactors.notification.models import Notification
 from reactors.registry import REACTORS
+from tests.events import shipped_event
 from tests.integration.conftest import EventStack, eventually
-from tests.integration.event_helpers import shipped_event
 
 pytestmark = pytest.mark.integration
 

@@ -23,8 +23,9 @@ from reactors.loyalty.reactor import REACTOR as LOYALTY
 from reactors.models import DeliveryOutcome
 from reactors.notification.models import Notification
 from reactors.notification.reactor import REACTOR as NOTIFICATION
+from tests.events import cancelled_event, shipped_event
 from tests.integration.conftest import EventStack, eventually
-from tests.integration.event_helpers import cancelled_event, publish, shipped_event
+from tests.integration.event_helpers import publish
 
 pytestmark = pytest.mark.integration
 
@@ -180,7 +181,7 @@ async def test_dead_letters_cli_lists_and_redrives_to_that_reactor_only(events: 
 
     def cli(*args: str) -> str:
         done = subprocess.run(
-            [sys.executable, "-m", "reactors.dlq", *args],
+            [sys.executable, "-m", "entrypoints.cli", "dlq", *args],
             cwd=ROOT,
             env=env,
             capture_output=True,

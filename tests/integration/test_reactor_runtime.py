@@ -11,8 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from contracts.envelope import ReceivedEvent, encode_event
 from reactors.base import Reactor, ReactorContext
 from reactors.models import DeliveryOutcome
+from tests.events import shipped_event
 from tests.integration.conftest import EventStack, eventually
-from tests.integration.event_helpers import publish, shipped_event
+from tests.integration.event_helpers import publish
 
 pytestmark = pytest.mark.integration
 

@@ -32,8 +32,9 @@ from reactors.loyalty.models import LoyaltyLedgerEntry
 from reactors.loyalty.reactor import REACTOR as LOYALTY
 from reactors.models import DeliveryOutcome
 from reactors.runtime import ReactorRuntime, TopologyRefused
+from tests.events import shipped_event
 from tests.integration.conftest import EventStack, eventually
-from tests.integration.event_helpers import publish, shipped_event
+from tests.integration.event_helpers import publish
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ from referencing.jsonschema import DRAFT202012
 from contracts.envelope import ReceivedEvent, encode_event
 from contracts.orders import EVENT_TYPES, ORDER_CANCELLED_V1, ORDER_SHIPPED_V1
 from infra.settings import Settings, load_settings
-from observability.catalog import (
+from messaging.asyncapi import (
     SAGA,
     EventCycleError,
     EventFlow,
@@ -27,7 +27,7 @@ from observability.catalog import (
 )
 from reactors.base import Reactor
 from reactors.registry import REACTORS
-from tests.integration.event_helpers import cancelled_event, shipped_event
+from tests.events import cancelled_event, shipped_event
 from tests.support import ROOT
 
 pytestmark = pytest.mark.unit
@@ -44,7 +44,7 @@ def settings() -> Settings:
 
 @pytest.fixture(scope="module")
 def document(settings: Settings) -> dict[str, Any]:
-    return asyncapi_document(settings)
+    return asyncapi_document(settings, REACTORS)
 
 
 def asyncapi_errors(document: dict[str, Any]) -> list[str]:

@@ -14,20 +14,11 @@ from temporalio.api.failure.v1 import Failure
 from temporalio.api.workflow.v1 import PendingActivityInfo
 from temporalio.client import WorkflowHistory
 
-from observability.render import render_timeline
-from observability.timeline import (
-    DeliveryView,
-    OutboxView,
-    Source,
-    TimelineEntry,
-    build_timeline,
-    delivery_entries,
-    history_entries,
-    merge_timeline,
-    outbox_entries,
-    pending_step_entries,
-)
 from tests.conftest import HISTORIES
+from timeline.entries import Source, TimelineEntry, merge_timeline
+from timeline.history import history_entries, pending_step_entries
+from timeline.records import DeliveryView, OutboxView, build_timeline, delivery_entries, outbox_entries
+from timeline.render import render_timeline
 
 pytestmark = pytest.mark.unit
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from temporalio import activity
 
-from orchestrator.messages import OrderRef, StepOutcome
+from activities.messages import OrderRef, StepOutcome
 from tests.conftest import activity_name
 
 

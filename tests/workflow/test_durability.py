@@ -16,7 +16,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from domain.model import OrderStatus
 from infra import models
-from infra.bootstrap import Database
+from infra.db import Database
 from infra.settings import Settings
 from orchestrator.client import place_order
 from tests.support import ROOT, add_product, order_command, order_snapshot, product
@@ -38,7 +38,7 @@ async def worker_process(
         "WORKER_SHUTDOWN_GRACE_SECONDS": "5",
     }
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "orchestrator.worker", cwd=ROOT, env=env
+        sys.executable, "-m", "entrypoints.worker", cwd=ROOT, env=env
     )
     try:
         yield process

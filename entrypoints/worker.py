@@ -1,4 +1,4 @@
-"""Worker entrypoint: `python -m orchestrator.worker`. SIGINT/SIGTERM shut it down gracefully.
+"""Worker entrypoint: `python -m entrypoints.worker`. SIGINT/SIGTERM shut it down gracefully.
 
 It serves its metrics on WORKER_METRICS_PORT (saga steps, sagas ended) and the Temporal SDK's on
 TEMPORAL_METRICS_ADDRESS; with tracing on, its activities continue the trace of the order's placement.
@@ -15,23 +15,28 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from infra.bootstrap import Database, open_database, saga_activities
-from infra.process import run_until_signalled
+from entrypoints.bootstrap import saga_activities
+from entrypoints.process import run_until_signalled
+from infra.db import Database, open_database
 from infra.settings import Settings, load_settings
 from observability import tracing
 from observability.metrics import StepMetricsInterceptor, temporal_runtime
 from orchestrator.client import connect_temporal
+from orchestrator.maintenance import RetentionActivities, RetentionWorkflow, ensure_retention_schedule
 from orchestrator.workflow import OrderWorkflow
 
-log = logging.getLogger("orchestrator.worker")
+log = logging.getLogger("entrypoints.worker")
 
 
 def build_worker(client: Client, settings: Settings, database: Database) -> Worker:
     return Worker(
         client,
         task_queue=settings.temporal_task_queue,
-        workflows=[OrderWorkflow],
-        activities=saga_activities(settings, database.sessions),
+        workflows=[OrderWorkflow, RetentionWorkflow],
+        activities=[
+            *saga_activities(settings, database.sessions),
+            RetentionActivities(database.sessions, settings).apply_retention,
+        ],
         # In-flight activities get this long to finish before they are cancelled on shutdown.
         graceful_shutdown_timeout=timedelta(seconds=settings.worker_shutdown_grace_seconds),
         # Step attempts, failures and retries are counted here, outside workflow code.
@@ -45,6 +50,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     try:
         client = await connect_temporal(settings, runtime=temporal_runtime(settings))
         worker = build_worker(client, settings, database)
+        await ensure_retention_schedule(client, settings)
         async with worker:
             log.info(
                 "worker polling task queue %r on %s (namespace %s)",

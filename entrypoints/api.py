@@ -1,4 +1,4 @@
-"""`python -m api`: serve the HTTP API with uvicorn on API_HOST:API_PORT (127.0.0.1:8000 by default)."""
+"""`python -m entrypoints.api`: serve the HTTP API with uvicorn on API_HOST:API_PORT (127.0.0.1:8000)."""
 
 from __future__ import annotations
 

@@ -3,8 +3,8 @@ check that the event topology has no cycle.
 
 Everything here is derived, never written by hand: the messages and their schemas come from `contracts/`
 (the same pydantic models the producers and consumers use), the channels and operations from
-`messaging/topology.py` (exchange, queues, bindings) and `reactors/registry.py` (who consumes, and publishes,
-what). `python -m observability asyncapi` writes it; the API serves it at GET /asyncapi.json.
+`messaging/topology.py` (exchange, queues, bindings) and the registered reactors (who consumes, and publishes,
+what). `order-saga asyncapi` writes it; the API serves it at GET /asyncapi.json.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import copy
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 from pydantic.json_schema import models_json_schema
@@ -22,7 +22,6 @@ from contracts.envelope import ORDER_EVENTS_SOURCE, STRUCTURED_CONTENT_TYPE, Clo
 from contracts.orders import EVENT_TYPES
 from infra.settings import Settings
 from messaging.topology import Topology
-from reactors.base import Reactor
 
 ASYNCAPI_VERSION = "3.0.0"
 AMQP_BINDING_VERSION = "0.3.0"
@@ -30,6 +29,20 @@ AMQP_BINDING_VERSION = "0.3.0"
 SAGA = "order-saga"
 SERVER = "rabbitmq"
 SCHEMA_REF = "#/components/schemas/{model}"
+
+
+class Consumer(Protocol):
+    """What the catalog needs of a reactor (`reactors.base.Reactor` is one): its name, the routing-key
+    patterns it consumes and the event types it publishes."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def routing_keys(self) -> tuple[str, ...]: ...
+
+    @property
+    def publishes(self) -> tuple[str, ...]: ...
 
 
 # --- the event flow graph and its cycle check ------------------------------------------------------------
@@ -54,7 +67,7 @@ class EventCycleError(ValueError):
         super().__init__(f"the event topology has a cycle: {path} -> {cycle[0][0]}")
 
 
-def event_flows(reactors: Iterable[Reactor], saga_events: Iterable[str] = EVENT_TYPES) -> list[EventFlow]:
+def event_flows(reactors: Iterable[Consumer], saga_events: Iterable[str] = EVENT_TYPES) -> list[EventFlow]:
     """The saga and every reactor, as publishers and consumers."""
     return [
         EventFlow(SAGA, (), tuple(saga_events)),
@@ -114,7 +127,7 @@ def find_cycle(flows: Sequence[EventFlow]) -> list[tuple[str, str]] | None:
     return None
 
 
-def check_acyclic(reactors: Iterable[Reactor], saga_events: Iterable[str] = EVENT_TYPES) -> None:
+def check_acyclic(reactors: Iterable[Consumer], saga_events: Iterable[str] = EVENT_TYPES) -> None:
     """Raise EventCycleError if a reactor's publications can come back to it (directly or not)."""
     cycle = find_cycle(event_flows(reactors, saga_events))
     if cycle is not None:
@@ -126,14 +139,11 @@ def check_acyclic(reactors: Iterable[Reactor], saga_events: Iterable[str] = EVEN
 
 def asyncapi_document(
     settings: Settings,
-    reactors: Sequence[Reactor] | None = None,
+    reactors: Sequence[Consumer],
     event_types: Mapping[str, EventType] = EVENT_TYPES,
 ) -> dict[str, Any]:
-    """The AsyncAPI 3.0 description of the order events on the broker the settings name."""
-    if reactors is None:
-        from reactors.registry import REACTORS  # the registry imports every reactor: only when needed
-
-        reactors = REACTORS
+    """The AsyncAPI 3.0 description of the order events on the broker the settings name, consumed by
+    `reactors` (the registry's, `reactors.registry.REACTORS`, in the service)."""
     check_acyclic(reactors, event_types)
     topology = Topology.from_settings(settings)
     vhost = _vhost(settings.rabbitmq_url)

@@ -1,12 +1,12 @@
-"""The composition root: the one place where settings, adapters and activities are wired together."""
+"""The composition root: the one place where settings, adapters, activities, the relay and the reactors are
+wired together. Every process's `main()` (the modules beside this one) builds what it runs from here."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from activities.inventory import InventoryActivities
 from activities.orders import OrderActivities
@@ -18,27 +18,13 @@ from activities.providers import (
     SimulatedPaymentGateway,
 )
 from activities.shipping import ShippingActivities
-from infra.db import create_engine, create_session_factory
+from infra.db import Database
 from infra.settings import Settings
 from messaging.relay import OutboxRelay
 from messaging.topology import Topology
 from reactors.base import Reactor
 from reactors.registry import REACTORS
 from reactors.runtime import ReactorRuntime
-
-
-@dataclass
-class Database:
-    engine: AsyncEngine
-    sessions: async_sessionmaker[AsyncSession]
-
-    async def dispose(self) -> None:
-        await self.engine.dispose()
-
-
-def open_database(settings: Settings) -> Database:
-    engine = create_engine(settings.database_url, echo=settings.database_echo)
-    return Database(engine, create_session_factory(engine))
 
 
 def saga_activities(
@@ -71,10 +57,6 @@ def saga_activities(
 # --- events: outbox relay, broker topology, reactors
 
 
-def event_topology(settings: Settings) -> Topology:
-    return Topology.from_settings(settings)
-
-
 def outbox_relay(
     settings: Settings, database: Database, reactors: Sequence[Reactor] = REACTORS
 ) -> OutboxRelay:
@@ -82,7 +64,7 @@ def outbox_relay(
     return OutboxRelay(
         settings,
         database.sessions,
-        event_topology(settings),
+        Topology.from_settings(settings),
         [reactor.subscription for reactor in reactors],
     )
 
@@ -91,5 +73,5 @@ def reactor_runtimes(
     settings: Settings, database: Database, reactors: Sequence[Reactor] = REACTORS
 ) -> list[ReactorRuntime]:
     """One runtime (own connections) per reactor."""
-    topology = event_topology(settings)
+    topology = Topology.from_settings(settings)
     return [ReactorRuntime(reactor, settings, database.sessions, topology) for reactor in reactors]

@@ -8,7 +8,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from observability.timeline import Source, Timeline, TimelineEntry
+from timeline.entries import Source, Timeline, TimelineEntry
 
 _SOURCE_STYLES = {Source.WORKFLOW: "cyan", Source.OUTBOX: "magenta", Source.REACTOR: "blue"}
 

@@ -1,24 +1,10 @@
-"""The per-order timeline: what happened to one order, across the workflow engine and the broker.
-
-Three sources, each turned into typed entries by a pure function, then merged into one chronological list:
-
-- the saga's Temporal history (`history_entries`, plus `pending_step_entries` for a step that is retrying
-  right now, which the history only records once it ends): steps scheduled, started, completed or failed,
-  with attempts and durations; local steps (markers); compensations; cancel requests; the status it mirrors;
-- the outbox rows of the order (`outbox_entries`): event recorded, published, publish attempts and errors;
-- the reactors' delivery ledger (`delivery_entries`): received, processed, duplicate ignored, retry
-  scheduled, dead-lettered, redriven.
-
-No I/O here: `observability.timeline_sources` reads the history from the Temporal server (so a restarted or
-replaced worker changes nothing) and the two tables; `observability.render` draws it.
-"""
+"""The saga's Temporal history (and its steps in flight) as timeline entries (pure; see timeline.entries)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -28,95 +14,15 @@ from temporalio.api.history.v1 import HistoryEvent
 from temporalio.api.workflow.v1 import PendingActivityInfo
 from temporalio.converter import PayloadConverter
 
+from activities.saga import COMPENSATION_NAMES
 from observability.tracing import trace_id_of
+from timeline.entries import Source, TimelineEntry, clip, elapsed_ms
 
-# The saga's compensations (activity names), which undo a step; see OrderWorkflow.run.
-COMPENSATION_STEPS = frozenset({"release_inventory", "refund_payment", "cancel_shipment"})
 LOCAL_ACTIVITY_MARKER = "core_local_activity"
 CANCEL_UPDATE = "cancel"
 # The TracingInterceptor's Temporal header: the trace context the workflow was started in.
 TRACING_HEADER = "_tracer-data"
 SAGA_ACTOR = "saga"
-OUTBOX_ACTOR = "outbox"
-MAX_TEXT = 500
-
-
-class Source(StrEnum):
-    WORKFLOW = "workflow"
-    OUTBOX = "outbox"
-    REACTOR = "reactor"
-
-
-# Equal timestamps: the cause before its effects.
-_SOURCE_RANK = {Source.WORKFLOW: 0, Source.OUTBOX: 1, Source.REACTOR: 2}
-
-
-@dataclass(frozen=True)
-class TimelineEntry:
-    """One thing that happened to the order. `kind` is dotted (`step.completed`, `delivery.processed`)."""
-
-    at: datetime
-    source: Source
-    actor: str  # "saga", "outbox" or the reactor's name
-    kind: str
-    summary: str
-    step: str | None = None
-    attempt: int | None = None
-    duration_ms: float | None = None
-    detail: str | None = None
-    event_id: str | None = None
-    trace_id: str | None = None
-    seq: int = 0  # order within its source: history event id, ledger row id
-
-
-@dataclass(frozen=True)
-class Timeline:
-    order_id: str
-    workflow_id: str
-    entries: tuple[TimelineEntry, ...]
-    # What could not be read (say, no workflow history); the entries are what could.
-    warnings: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class OutboxView:
-    """An outbox row, as the timeline needs it."""
-
-    id: str
-    event_type: str
-    status: str
-    attempts: int
-    last_error: str | None
-    created_at: datetime
-    last_attempt_at: datetime | None
-    published_at: datetime | None
-    traceparent: str | None = None
-    confirm_ms: float | None = None
-
-
-@dataclass(frozen=True)
-class DeliveryView:
-    """A delivery ledger row, as the timeline needs it."""
-
-    id: int
-    consumer: str
-    message_id: str
-    event_type: str | None
-    outcome: str
-    attempt: int
-    detail: str | None
-    created_at: datetime
-    duration_ms: float | None = None
-    trace_id: str | None = None
-
-
-def merge_timeline(*sources: Iterable[TimelineEntry]) -> list[TimelineEntry]:
-    """One chronological list; ties broken by source (workflow, outbox, reactors), then by source order."""
-    entries = [entry for source in sources for entry in source]
-    return sorted(entries, key=lambda e: (e.at, _SOURCE_RANK[e.source], e.actor, e.seq))
-
-
-# --- the workflow history --------------------------------------------------------------------------------
 
 
 @dataclass
@@ -189,7 +95,7 @@ def _ended(kind: str, verb: str) -> _Handler:
             event,
             kind,
             f"saga {verb}",
-            duration_ms=_ms(reader.started_at, _time(event.event_time)),
+            duration_ms=elapsed_ms(reader.started_at, _time(event.event_time)),
             detail=detail,
         )
 
@@ -232,7 +138,7 @@ def _activity_ended(outcome: str) -> _Handler:
             detail = _describe_result(_decode(attributes.result.payloads))
         elif outcome in ("failed", "timed_out"):
             detail = _failure_text(attributes.failure)
-        duration = _ms(step.started_at, at) if step.started_at else _ms(step.scheduled_at, at)
+        duration = elapsed_ms(step.started_at, at) if step.started_at else elapsed_ms(step.scheduled_at, at)
         verb = outcome.replace("_", " ")
         reader.add(
             event,
@@ -285,7 +191,7 @@ def _marker(reader: _HistoryReader, event: HistoryEvent) -> None:
             step=name,
             attempt=attempt,
             # The schedule time is the workflow's clock, the completion the worker's: never below zero.
-            duration_ms=max(_ms(scheduled_at, completed_at) or 0.0, 0.0) if scheduled_at else None,
+            duration_ms=max(elapsed_ms(scheduled_at, completed_at) or 0.0, 0.0) if scheduled_at else None,
             detail=detail,
             seq=event.event_id,
         )
@@ -418,112 +324,11 @@ def pending_step_entries(pending: Iterable[PendingActivityInfo], now: datetime) 
     return entries
 
 
-# --- the outbox and the delivery ledger ------------------------------------------------------------------
-
-
-def outbox_entries(rows: Iterable[OutboxView]) -> list[TimelineEntry]:
-    entries = []
-    for row in rows:
-        trace_id = trace_id_of(row.traceparent)
-        common: dict[str, Any] = {
-            "source": Source.OUTBOX,
-            "actor": OUTBOX_ACTOR,
-            "event_id": row.id,
-            "trace_id": trace_id,
-        }
-        entries.append(
-            TimelineEntry(
-                at=row.created_at,
-                kind="event.recorded",
-                summary=f"{row.event_type} recorded in the outbox",
-                detail=f"event {row.id}",
-                seq=0,
-                **common,
-            )
-        )
-        if row.published_at is not None:
-            retried = row.attempts > 1
-            details = [f"sent {_ms(row.created_at, row.published_at):.0f} ms after it was recorded"]
-            if row.confirm_ms is not None:
-                details.append(f"confirmed by the broker in {row.confirm_ms:.1f} ms")
-            if retried and row.last_error:
-                details.append(f"last failed attempt: {_clip(row.last_error)}")
-            entries.append(
-                TimelineEntry(
-                    at=row.published_at,
-                    kind="event.published",
-                    summary=f"{row.event_type} published"
-                    + (f" after {row.attempts} attempts" if retried else ""),
-                    attempt=row.attempts,
-                    duration_ms=row.confirm_ms,
-                    detail="; ".join(details),
-                    seq=2,
-                    **common,
-                )
-            )
-        elif row.attempts > 0:
-            entries.append(
-                TimelineEntry(
-                    at=row.last_attempt_at or row.created_at,
-                    kind="event.publish_failed",
-                    summary=f"{row.event_type} not published yet: attempt {row.attempts} failed",
-                    attempt=row.attempts,
-                    detail=_clip(row.last_error),
-                    seq=1,
-                    **common,
-                )
-            )
-    return entries
-
-
-_DELIVERY_SUMMARIES = {
-    "received": "received",
-    "processed": "processed",
-    "duplicate_ignored": "duplicate ignored",
-    "retry_scheduled": "retry scheduled",
-    "dead_lettered": "dead-lettered",
-    "redriven": "redriven from the DLQ",
-}
-
-
-def delivery_entries(rows: Iterable[DeliveryView]) -> list[TimelineEntry]:
-    return [
-        TimelineEntry(
-            at=row.created_at,
-            source=Source.REACTOR,
-            actor=row.consumer,
-            kind=f"delivery.{row.outcome}",
-            summary=f"{row.consumer}: {row.event_type or 'message'} "
-            f"{_DELIVERY_SUMMARIES.get(row.outcome, row.outcome)}",
-            attempt=row.attempt,
-            duration_ms=row.duration_ms,
-            detail=_clip(row.detail),
-            event_id=row.message_id,
-            trace_id=row.trace_id,
-            seq=row.id,
-        )
-        for row in rows
-    ]
-
-
-def build_timeline(
-    order_id: str,
-    workflow_id: str,
-    *,
-    history: Sequence[TimelineEntry] = (),
-    outbox: Iterable[OutboxView] = (),
-    deliveries: Iterable[DeliveryView] = (),
-    warnings: Sequence[str] = (),
-) -> Timeline:
-    entries = merge_timeline(history, outbox_entries(outbox), delivery_entries(deliveries))
-    return Timeline(order_id, workflow_id, tuple(entries), tuple(warnings))
-
-
 # --- helpers ---------------------------------------------------------------------------------------------
 
 
 def _step_kind(name: str) -> str:
-    return "compensation" if name in COMPENSATION_STEPS else "step"
+    return "compensation" if name in COMPENSATION_NAMES else "step"
 
 
 def _time(timestamp: Timestamp) -> datetime:
@@ -535,10 +340,6 @@ def _proto_json_time(value: object) -> datetime | None:
     if not isinstance(value, dict) or "seconds" not in value:
         return None
     return datetime.fromtimestamp(int(value["seconds"]) + int(value.get("nanos") or 0) / 1e9, UTC)
-
-
-def _ms(start: datetime | None, end: datetime) -> float | None:
-    return round((end - start).total_seconds() * 1000, 3) if start is not None else None
 
 
 def _decode(payloads: Sequence[Any]) -> Any:
@@ -561,7 +362,7 @@ def _describe_result(result: object) -> str | None:
     ]
     if result.get("detail"):  # a step's own word: a reference, a tracking number, "released 2"
         parts.append(str(result["detail"]))
-    return _clip(", ".join(parts)) or None
+    return clip(", ".join(parts)) or None
 
 
 def _failure_text(failure: Failure) -> str:
@@ -569,16 +370,10 @@ def _failure_text(failure: Failure) -> str:
     text = f"{kind}: {failure.message}" if kind else failure.message
     if failure.HasField("cause") and failure.cause.message and failure.cause.message != failure.message:
         text += f" (cause: {failure.cause.message})"
-    return _clip(text) or "failed"
+    return clip(text) or "failed"
 
 
 def _traceparent(payload: Any) -> str | None:
     carrier = _decode([payload]) if payload is not None else None
     value = carrier.get("traceparent") if isinstance(carrier, dict) else None
     return value if isinstance(value, str) else None
-
-
-def _clip(text: str | None) -> str | None:
-    if text is None:
-        return None
-    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"

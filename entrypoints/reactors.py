@@ -1,4 +1,5 @@
-"""Run the reactors: `python -m reactors.run` (all registered) or `python -m reactors.run loyalty analytics`.
+"""Run the reactors: `python -m entrypoints.reactors` (all registered) or
+`python -m entrypoints.reactors loyalty analytics`.
 
 Each reactor gets its own runtime, with its own broker connections. SIGINT/SIGTERM shut them down gracefully.
 """
@@ -10,15 +11,16 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from infra.bootstrap import open_database, reactor_runtimes
-from infra.process import run_until_signalled
+from entrypoints.bootstrap import reactor_runtimes
+from entrypoints.process import run_until_signalled
+from infra.db import open_database
 from infra.settings import Settings, load_settings
+from messaging.asyncapi import check_acyclic
 from observability import tracing
-from observability.catalog import check_acyclic
 from reactors.base import Reactor
 from reactors.registry import REACTORS, reactor_named
 
-log = logging.getLogger("reactors.run")
+log = logging.getLogger("entrypoints.reactors")
 
 
 async def run_reactors(settings: Settings, reactors: Sequence[Reactor], stop: asyncio.Event) -> None:

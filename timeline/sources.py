@@ -11,20 +11,14 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from infra import models
-from infra.bootstrap import open_database
+from infra.db import open_database
 from infra.settings import Settings
 from messaging.models import OutboxEvent
-from observability.timeline import (
-    DeliveryView,
-    OutboxView,
-    Timeline,
-    TimelineEntry,
-    build_timeline,
-    history_entries,
-    pending_step_entries,
-)
 from orchestrator.client import connect_temporal
 from reactors.models import DeliveryRecord
+from timeline.entries import Timeline, TimelineEntry
+from timeline.history import history_entries, pending_step_entries
+from timeline.records import DeliveryView, OutboxView, build_timeline, view_of
 
 # Bound of each Temporal call: a timeline without the history beats a request that hangs.
 TEMPORAL_RPC_TIMEOUT = timedelta(seconds=10)
@@ -53,42 +47,14 @@ async def outbox_views(session: AsyncSession, order_id: str) -> list[OutboxView]
     rows = await session.scalars(
         select(OutboxEvent).where(OutboxEvent.subject == order_id).order_by(OutboxEvent.created_at)
     )
-    return [
-        OutboxView(
-            id=row.id,
-            event_type=row.event_type,
-            status=row.status,
-            attempts=row.attempts,
-            last_error=row.last_error,
-            created_at=row.created_at,
-            last_attempt_at=row.last_attempt_at,
-            published_at=row.published_at,
-            traceparent=row.traceparent,
-            confirm_ms=row.confirm_ms,
-        )
-        for row in rows
-    ]
+    return [view_of(OutboxView, row) for row in rows]
 
 
 async def delivery_views(session: AsyncSession, order_id: str) -> list[DeliveryView]:
     rows = await session.scalars(
         select(DeliveryRecord).where(DeliveryRecord.subject == order_id).order_by(DeliveryRecord.id)
     )
-    return [
-        DeliveryView(
-            id=row.id,
-            consumer=row.consumer,
-            message_id=row.message_id,
-            event_type=row.event_type,
-            outcome=row.outcome,
-            attempt=row.attempt,
-            detail=row.detail,
-            created_at=row.created_at,
-            duration_ms=row.duration_ms,
-            trace_id=row.trace_id,
-        )
-        for row in rows
-    ]
+    return [view_of(DeliveryView, row) for row in rows]
 
 
 async def load_timeline(

@@ -2,7 +2,6 @@
 
     order-saga timeline ORDER_ID [--json]     (also: order-timeline ORDER_ID)
     order-saga asyncapi [--output FILE]
-    python -m observability timeline ORDER_ID
 
 Settings (database, Temporal, broker namespace) come from the environment and `.env`, as for the service.
 """
@@ -19,21 +18,18 @@ import typer
 from rich.console import Console
 
 from infra.settings import load_settings
-from observability.catalog import asyncapi_document
-from observability.render import render_timeline
-from observability.timeline import Timeline
+from messaging.asyncapi import asyncapi_document
+from reactors.registry import REACTORS
+from timeline.entries import Timeline
+from timeline.render import render_timeline
+from timeline.sources import timeline_for
 
-app = typer.Typer(help="See across the seam: an order's timeline, the event catalog.", no_args_is_help=True)
 
-
-@app.command("timeline")
 def timeline_command(
     order_id: Annotated[str, typer.Argument(help="the order's id (a UUID)")],
     as_json: Annotated[bool, typer.Option("--json", help="print the entries as JSON")] = False,
 ) -> None:
     """What happened to one order: saga steps, compensations, outbox, every reactor's deliveries."""
-    from observability.timeline_sources import timeline_for  # connects: only when asked to
-
     found = asyncio.run(timeline_for(load_settings(), order_id))
     if found is None:
         typer.echo(f"no order {order_id}", err=True)
@@ -45,14 +41,13 @@ def timeline_command(
     Console(width=max(Console().width, 140)).print(render_timeline(found))
 
 
-@app.command("asyncapi")
 def asyncapi_command(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="write to this file instead of standard output")
     ] = None,
 ) -> None:
     """The AsyncAPI 3.0 document of the order events (contracts, exchange, queues, reactors)."""
-    text = json.dumps(asyncapi_document(load_settings()), indent=2) + "\n"
+    text = json.dumps(asyncapi_document(load_settings(), REACTORS), indent=2) + "\n"
     if output is None:
         typer.echo(text, nl=False)
     else:
@@ -70,12 +65,3 @@ def timeline_as_json(timeline: Timeline) -> dict[str, Any]:
             for entry in timeline.entries
         ],
     }
-
-
-def timeline_main() -> None:
-    """`order-timeline ORDER_ID`: the timeline command on its own."""
-    typer.run(timeline_command)
-
-
-if __name__ == "__main__":
-    app()
