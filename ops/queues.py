@@ -27,7 +27,7 @@ app = typer.Typer(help="Reactor queues: re-create them with new arguments.", no_
 
 @app.callback()
 def queues() -> None:
-    """Reactor queues (a group, so that `migrate` stays a subcommand)."""
+    """Reactor queues: re-create them with new arguments."""
 
 
 @app.command()

@@ -249,8 +249,9 @@ async def test_a_reactor_whose_channel_the_broker_closes_reconnects(events: Even
 async def test_a_reactor_process_on_queues_of_other_arguments_exits_until_the_ops_command_migrates_them(
     events: EventStack,
 ) -> None:
-    """Processes, as a supervisor sees them: `reactors.run` exits non-zero (not idling) while its queue
-    has other arguments; `ops.queues migrate` with the new setting fixes it without losing the message."""
+    """Processes, as a supervisor sees them: the reactors' process exits non-zero (not idling) while its
+    queue has other arguments; `order-saga queues migrate` with the new setting fixes it without losing the
+    message."""
     old = Topology(events.topology.namespace, events.topology.retry_delays_ms, delivery_limit=7)
 
     async def declare_old(channel: object) -> None:
@@ -274,11 +275,11 @@ async def test_a_reactor_process_on_queues_of_other_arguments_exits_until_the_op
             [sys.executable, "-m", *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
         )
 
-    refused = await asyncio.to_thread(run, "reactors.run", "loyalty")
+    refused = await asyncio.to_thread(run, "entrypoints.reactors", "loyalty")
     assert refused.returncode != 0
     assert "PRECONDITION_FAILED" in refused.stderr
 
-    migrated = await asyncio.to_thread(run, "ops.queues", "migrate", "loyalty")
+    migrated = await asyncio.to_thread(run, "entrypoints.cli", "queues", "migrate", "loyalty")
     assert migrated.returncode == 0, migrated.stderr
     assert f"delivery limit {events.settings.reactor_delivery_limit}" in migrated.stdout
 
