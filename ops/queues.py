@@ -25,6 +25,11 @@ REFUSALS: tuple[type[BaseException], ...] = (MigrationRefused, *BROKER_UNAVAILAB
 app = typer.Typer(help="Reactor queues: re-create them with new arguments.", no_args_is_help=True)
 
 
+@app.callback()
+def queues() -> None:
+    """Reactor queues: re-create them with new arguments."""
+
+
 @app.command()
 def migrate(
     reactors: Annotated[list[str], typer.Argument(help="reactor names, e.g. loyalty")],

@@ -22,6 +22,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 
+import aiormq
 from aio_pika.abc import AbstractIncomingMessage
 from opentelemetry import trace
 
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 
 # Test seam: awaited at a named stage ("committed": effects committed, message not yet acked).
 Fault = Callable[[str, ReceivedEvent], Awaitable[None]]
+# Told that a queue of the reactor's topology is missing (a hand-over to it came back unroutable).
+OnDrift = Callable[[str], None]
 
 
 class BatchHandler:
@@ -54,8 +57,10 @@ class BatchHandler:
         observer: Observer,
         event_types: dict[str, EventType],
         fault: Fault | None = None,
+        on_drift: OnDrift | None = None,
     ) -> None:
         self._reactor = reactor
+        self._on_drift = on_drift
         self._settings = settings
         self._context = context
         self._ledger = ledger
@@ -156,6 +161,9 @@ class BatchHandler:
                 outcome = await self._policy.settle(
                     delivery.message, event, delivery.attempt, error, received_at
                 )
+            except aiormq.exceptions.PublishError as err:
+                self._drifted(event.id, err)
+                return False
             except BROKER_UNAVAILABLE as err:
                 # Handing over or acking failed: the message stays unacked and comes back.
                 log.warning("%s: message %s left unacked: %s", self._name, event.id, err)
@@ -178,6 +186,9 @@ class BatchHandler:
         ):
             try:
                 await self._policy.dead_letter(message, None, attempt_of(message), str(error), received_at)
+            except aiormq.exceptions.PublishError as err:
+                self._drifted(message.message_id, err)
+                return False
             except BROKER_UNAVAILABLE as err:
                 log.warning("%s: message %s left unacked: %s", self._name, message.message_id, err)
                 return False
@@ -187,6 +198,15 @@ class BatchHandler:
             span.set_attribute("reactor.outcome", DeliveryOutcome.DEAD_LETTERED)
         self._observe.count(DeliveryOutcome.DEAD_LETTERED, started)
         return True
+
+    def _drifted(self, message_id: str | None, err: Exception) -> None:
+        """A hand-over (to a wait queue, the DLQ) was returned unroutable: that queue is missing. The
+        message stays unacked (it comes back when the channel closes); the loop redeclares the topology."""
+        log.warning(
+            "%s: message %s left unacked, its hand-over was unroutable: %s", self._name, message_id, err
+        )
+        if self._on_drift is not None:
+            self._on_drift(f"hand-over of {message_id} unroutable")
 
     async def _acknowledge(
         self, settled: list[tuple[Delivery, str]], started: float, intake: Intake, *, multiple: bool

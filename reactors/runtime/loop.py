@@ -8,8 +8,9 @@ are never handled at once by one runtime), until the consumption ends:
   (messages delivered but not started stay unacked), close, return;
 - connection or channel lost: reconnect with a backoff (0.2 s doubling up to
   `broker_reconnect_max_seconds`);
-- consumer cancelled by the broker (its queue deleted): finish the batch in flight, then reconnect at
-  once, which redeclares the queue and its bindings (`reactor_consumer_recoveries` counts the resumes).
+- consumer cancelled by the broker (its queue deleted), or another queue of its topology found missing
+  (a wait queue, the DLQ): finish the batch in flight, then reconnect at once, which redeclares the queues
+  and bindings (`reactor_consumer_recoveries` counts the resumes).
 
 Readiness: `ready` is set while consuming (and the gauge `reactor_consuming` is 1), cleared from the moment
 the consumption ends until it resumes. `run` raises `TopologyRefused` when the broker refuses the
@@ -72,6 +73,7 @@ class ReactorRuntime:
             Observer(reactor.name, topology.queue(reactor.name)),
             EVENT_TYPES if event_types is None else event_types,
             fault,
+            self._drifted,
         )
         self._consumption: Consumption | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -89,7 +91,7 @@ class ReactorRuntime:
             while not stop.is_set() and not self._aborted:
                 try:
                     ended = await self._consume_until(stop, recovering)
-                    recovering = ended is Ended.CANCELLED
+                    recovering = ended in (Ended.CANCELLED, Ended.DRIFTED)
                     backoff = FIRST_BACKOFF_SECONDS
                     if recovering:
                         continue  # at once: the queue is redeclared on the way back
@@ -120,7 +122,7 @@ class ReactorRuntime:
         await self._policy.close()
 
     async def _consume_until(self, stop: asyncio.Event, recovering: bool) -> Ended:
-        """One consumption, from connecting to closing; why it ended (STOPPED or CANCELLED). Raises
+        """One consumption, from connecting to closing; why it ended (STOPPED, CANCELLED, DRIFTED). Raises
         `ConnectionError` when the link was lost."""
         consumption = self._consumption = await self._transport.open()
         try:
@@ -128,7 +130,7 @@ class ReactorRuntime:
             log.info("%s: consuming %s", self.reactor.name, consumption.queue_name)
             if recovering:
                 metrics().reactor_consumer_recoveries.labels(self.reactor.name).inc()
-                log.warning("%s: consuming again after the broker cancelled the consumer", self.reactor.name)
+                log.warning("%s: consuming again, its topology redeclared", self.reactor.name)
             helpers = [
                 asyncio.ensure_future(consumption.watch_dead_letters()),
                 asyncio.ensure_future(self._take_batches(consumption)),
@@ -177,6 +179,10 @@ class ReactorRuntime:
             except Exception:  # a bug, not a message's fault: keep consuming, and acking one by one
                 intake.settled_so_far = False
                 log.exception("%s: unexpected failure on a batch of %d", self.reactor.name, len(messages))
+
+    def _drifted(self, reason: str) -> None:
+        if self._consumption is not None:
+            self._consumption.drifted(reason)
 
     def _set_ready(self, consuming: bool) -> None:
         if consuming:

@@ -9,7 +9,10 @@ three reasons, which `Consumption.ended()` returns:
 - `LOST`: the connection or the channel closed (broker restart, network, a channel error);
 - `CANCELLED`: the broker cancelled the consumer (basic.cancel: the queue was deleted, or its leader
   lost on a quorum queue). aio-pika only logs this and would leave the reactor idle, connected and
-  seemingly healthy; here it ends the consumption so that the loop redeclares the topology and resumes.
+  seemingly healthy; here it ends the consumption so that the loop redeclares the topology and resumes;
+- `DRIFTED`: another queue of the reactor's topology is missing (`Consumption.drifted`, called when a
+  hand-over to a wait queue or the DLQ came back unroutable); the loop redeclares and resumes the same way,
+  and the message whose hand-over failed comes back once this channel closes.
 
 Errors: `open()` raises `BROKER_UNAVAILABLE` errors when the broker cannot be reached or refuses a call;
 `TopologyRefused` when the broker refuses the declaration itself (406 PRECONDITION_FAILED: a queue exists
@@ -39,6 +42,7 @@ class Ended(Enum):
     STOPPED = "stopped"
     LOST = "lost"
     CANCELLED = "cancelled"
+    DRIFTED = "drifted"
 
 
 class TopologyRefused(Exception):
@@ -128,6 +132,7 @@ class Consumption:
         self._stopping = False
         self._lost = asyncio.Event()
         self._cancelled = asyncio.Event()
+        self._drifted = asyncio.Event()
         # Deliveries of an earlier channel cannot be acked on this one: each consumption has its intake.
         self.intake = Intake()
 
@@ -146,7 +151,8 @@ class Consumption:
     async def ended(self, stop: asyncio.Event) -> Ended:
         """Wait until `stop` is set, the link is lost or the broker cancels the consumer; which it was
         (a stop wins when several happened)."""
-        waiters = [asyncio.ensure_future(event.wait()) for event in (stop, self._lost, self._cancelled)]
+        events = (stop, self._lost, self._cancelled, self._drifted)
+        waiters = [asyncio.ensure_future(event.wait()) for event in events]
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -154,7 +160,17 @@ class Consumption:
                 waiter.cancel()
         if stop.is_set():
             return Ended.STOPPED
-        return Ended.CANCELLED if self._cancelled.is_set() else Ended.LOST
+        if self._cancelled.is_set():
+            return Ended.CANCELLED
+        return Ended.DRIFTED if self._drifted.is_set() else Ended.LOST
+
+    def drifted(self, reason: str) -> None:
+        """Report a queue of the topology missing (`reason`: what showed it); ends the consumption."""
+        if not self._drifted.is_set():
+            log.warning(
+                "%s: a queue of its topology is missing (%s): redeclaring and resuming", self._reactor, reason
+            )
+            self._drifted.set()
 
     async def stop_consuming(self) -> None:
         """Take no more messages (those delivered and not taken stay unacked: the broker hands them out

@@ -9,18 +9,25 @@ mark events published that a vanished queue missed. Changing a queue's arguments
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from contracts.envelope import CloudEvent
+from contracts.envelope import CloudEvent, ReceivedEvent
 from messaging.broker import close_quietly, connect
 from messaging.models import PUBLISHED, OutboxEvent
 from messaging.outbox import add_to_outbox
 from messaging.queue_migration import MigrationRefused, holding_queue, migrate_queues
 from messaging.topology import Topology, declare_subscription, missing_queues
+from reactors.base import Reactor
 from reactors.loyalty.models import LoyaltyLedgerEntry
 from reactors.loyalty.reactor import REACTOR as LOYALTY
 from reactors.models import DeliveryOutcome
@@ -30,6 +37,8 @@ from tests.integration.conftest import EventStack, eventually
 from tests.integration.event_helpers import publish
 
 pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def counted(metric: str, reactor: str) -> float:
@@ -235,3 +244,72 @@ async def test_a_reactor_whose_channel_the_broker_closes_reconnects(events: Even
     event = shipped_event(customer_id="cust-channel", lines=(("SKU-A", 1, 1_000),))
     await publish(events, event)
     await eventually(lambda: processed(events, "loyalty", 1), what="the event applied")
+
+
+async def test_a_reactor_process_on_queues_of_other_arguments_exits_until_the_ops_command_migrates_them(
+    events: EventStack,
+) -> None:
+    """Processes, as a supervisor sees them: the reactors' process exits non-zero (not idling) while its
+    queue has other arguments; `order-saga queues migrate` with the new setting fixes it without losing the
+    message."""
+    old = Topology(events.topology.namespace, events.topology.retry_delays_ms, delivery_limit=7)
+
+    async def declare_old(channel: object) -> None:
+        await declare_subscription(channel, old, LOYALTY.subscription, 5)  # type: ignore[arg-type]
+
+    await broker_call(events, declare_old)
+    waiting = shipped_event(customer_id="cust-process", lines=(("SKU-A", 1, 1_000),))
+    await publish(events, waiting)
+    env = {
+        **os.environ,
+        "DATABASE_URL": events.settings.database_url,
+        "RABBITMQ_URL": events.settings.rabbitmq_url,
+        "BROKER_NAMESPACE": events.settings.broker_namespace,
+        "REACTOR_RETRY_DELAYS_MS": json.dumps(list(events.settings.reactor_retry_delays_ms)),
+        "REACTOR_DELIVERY_LIMIT": str(events.settings.reactor_delivery_limit),
+        "REACTORS_METRICS_PORT": "0",
+    }
+
+    def run(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        )
+
+    refused = await asyncio.to_thread(run, "entrypoints.reactors", "loyalty")
+    assert refused.returncode != 0
+    assert "PRECONDITION_FAILED" in refused.stderr
+
+    migrated = await asyncio.to_thread(run, "entrypoints.cli", "queues", "migrate", "loyalty")
+    assert migrated.returncode == 0, migrated.stderr
+    assert f"delivery limit {events.settings.reactor_delivery_limit}" in migrated.stdout
+
+    await events.start_reactor(LOYALTY)  # declares the same arguments now: consumes
+    await eventually(lambda: processed(events, "loyalty", 1), what="the message kept through the migration")
+
+
+async def test_a_reactor_whose_wait_queue_is_deleted_redeclares_it_and_still_retries(
+    events: EventStack,
+) -> None:
+    """Drift elsewhere in the topology: the hand-over of a failed message to its wait queue comes back
+    unroutable. Before, the message stayed unacked on the channel for good (no retry, a prefetch slot
+    lost); now the runtime redeclares its queues and the message goes its usual way to the DLQ."""
+
+    async def refuse(event: ReceivedEvent, _session: AsyncSession) -> None:
+        raise ConnectionError(f"downstream refuses {event.subject}")
+
+    reactor = Reactor(name="refusing", routing_keys=("order.shipped.v1",), apply=refuse)
+    await events.start_reactor(reactor)
+    recovered = counted("reactor_consumer_recoveries_total", "refusing")
+    await delete_queue(
+        events, events.topology.wait_queue("refusing", events.settings.reactor_retry_delays_ms[0])
+    )
+    poison = shipped_event()
+    await publish(events, poison)
+
+    async def dead_lettered() -> bool:
+        return len(await events.ledger("refusing", DeliveryOutcome.DEAD_LETTERED)) == 1
+
+    await eventually(dead_lettered, what="the message retried to the end and dead-lettered")
+    assert counted("reactor_consumer_recoveries_total", "refusing") == recovered + 1
+    retries = await events.ledger("refusing", DeliveryOutcome.RETRY_SCHEDULED)
+    assert [record.attempt for record in retries] == [1, 2]
