@@ -7,8 +7,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api.errors import ProductExists, ProductNotFound, StockConflict
+from api.fields import MAX_STOCK
 from api.pagination import decode_product_cursor, encode_product_cursor
-from api.schemas import MAX_STOCK, ProductIn, ProductOut, ProductPage, StockChangeIn
+from api.product_schemas import ProductIn, ProductOut, ProductPage, StockChangeIn
 from infra import models
 from infra.db import rowcount
 

@@ -15,11 +15,11 @@ from api.catalog import Catalog
 from api.commands import OrderCommands
 from api.edge import PRINCIPAL_SCOPE_KEY, unauthenticated
 from api.errors import OrderNotFound
+from api.fields import SKU_PATTERN
 from api.idempotency import IdempotencyKeys, InvalidKey, parse_key
 from api.problems import ApiProblem, problem_type
 from api.queries import OrderQueries
 from api.resources import Resources
-from api.schemas import SKU_PATTERN
 from api.security import Principal, Scope
 from observability.logs import bind_log_context
 

@@ -1,4 +1,5 @@
-"""What the API accepts and answers: pydantic models, kept apart from the ORM models."""
+"""What the API accepts and answers about orders (and its probes): pydantic models, kept apart from the ORM
+models and from the reactors' own read models."""
 
 from __future__ import annotations
 
@@ -6,143 +7,43 @@ from datetime import date, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-import email_validator
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    EmailStr,
-    Field,
-    StringConstraints,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from pydantic_core import PydanticCustomError
 
-from api.iso_codes import country_codes
+from api.fields import (
+    CLOSED,
+    MAX_LINES,
+    MAX_QUANTITY,
+    PRINTABLE_TEXT,
+    CountryCode,
+    CustomerId,
+    Email,
+    PaymentToken,
+    PostalCode,
+    ShortText,
+    Sku,
+    Text,
+)
 from api.problems import Problem
-from domain import money
 from domain.model import DuplicateSku, OrderStatus, check_one_line_per_sku
-
-MAX_LINES = 50
-MAX_QUANTITY = 1_000
-MAX_UNIT_PRICE = 10**12
-# Stock levels stay well inside the 32-bit columns that hold them.
-MAX_STOCK = 1_000_000_000
-SKU_PATTERN = r"^[A-Z0-9][A-Z0-9_-]{0,63}$"
-CUSTOMER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
-# Free text: no control characters (PostgreSQL cannot store NUL, and none belong in an address).
-PRINTABLE_TEXT = r"^[^\x00-\x1F\x7F]+$"
-CURSOR_PATTERN = r"^[A-Za-z0-9_-]{1,200}$"
-
-
-def _known_country(code: str) -> str:
-    if code not in country_codes():
-        raise PydanticCustomError(
-            "country_code", "not an ISO 3166-1 alpha-2 country code: {code}", {"code": code}
-        )
-    return code
-
-
-def _known_currency(code: str) -> str:
-    # The money module decides: ISO 4217 codes with a minor unit (not XXX, XAU...), so that every amount
-    # accepted here can be formatted and converted later.
-    try:
-        money.exponent(code)
-    except money.UnsupportedCurrency as err:
-        raise PydanticCustomError("currency_code", "{reason}", {"reason": str(err), "code": code}) from err
-    return code
-
-
-def _mailable(address: str) -> str:
-    # EmailStr returns email-validator's display form, whose domain is Unicode (ada@xn--bcher-kva.example
-    # became ada@bücher.example, which only SMTPUTF8 relays accept). Keep the ASCII (IDNA) form whenever the
-    # local part is ASCII; only a non-ASCII local part (jürgen@example.com) needs SMTPUTF8 to be mailed.
-    ascii_form = email_validator.validate_email(address, check_deliverability=False).ascii_email
-    return ascii_form or address
-
-
-Sku = Annotated[
-    str,
-    StringConstraints(pattern=SKU_PATTERN, max_length=64),
-    Field(description="Stock keeping unit: capital letters, digits, `-` and `_`.", examples=["SKU-A"]),
-]
-CustomerId = Annotated[
-    str,
-    StringConstraints(pattern=CUSTOMER_ID_PATTERN, max_length=64),
-    Field(description="The customer's id in the calling system.", examples=["cust-42"]),
-]
-Email = Annotated[
-    EmailStr,
-    AfterValidator(_mailable),
-    Field(
-        max_length=320,
-        description="Kept with an ASCII (IDNA) domain whenever the local part is ASCII.",
-        examples=["ada@example.com"],
-    ),
-]
-PaymentToken = Annotated[
-    str,
-    StringConstraints(pattern=r"^[A-Za-z0-9_-]+$", min_length=1, max_length=100),
-    Field(
-        description="A token from the payment provider. Simulated provider: `tok_ok` succeeds, "
-        "`tok_declined` is declined, `tok_flaky` fails twice transiently, then succeeds, `tok_hold` "
-        "holds the charge for 5 s, then succeeds (time to cancel).",
-        examples=["tok_ok"],
-    ),
-]
-CountryCode = Annotated[
-    str,
-    StringConstraints(pattern=r"^[A-Z]{2}$"),
-    AfterValidator(_known_country),
-    Field(
-        description="ISO 3166-1 alpha-2. `ZZ` is the test country that the simulated carrier refuses.",
-        examples=["DE"],
-    ),
-]
-CurrencyCode = Annotated[
-    str,
-    StringConstraints(pattern=r"^[A-Z]{3}$"),
-    AfterValidator(_known_currency),
-    Field(
-        description="ISO 4217 currency code with a minor unit (amounts are integers of it: JPY 0 decimals, "
-        "EUR 2, KWD 3); codes without one (XXX, XAU...) are refused.",
-        examples=["EUR"],
-    ),
-]
-ShortText = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=PRINTABLE_TEXT)
-]
-Text = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=PRINTABLE_TEXT)
-]
-PostalCode = Annotated[
-    str, StringConstraints(strip_whitespace=True, pattern=r"^[A-Za-z0-9][A-Za-z0-9 -]{0,15}$", max_length=16)
-]
-MinorUnits = Annotated[int, Field(strict=True, ge=0, le=MAX_UNIT_PRICE, description="Amount in minor units.")]
-StockLevel = Annotated[int, Field(strict=True, ge=0, le=MAX_STOCK)]
-Cursor = Annotated[str, StringConstraints(pattern=CURSOR_PATTERN)]
-
-_CLOSED = ConfigDict(extra="forbid")
-
 
 # --- orders: requests
 
 
 class CustomerIn(BaseModel):
-    model_config = _CLOSED
+    model_config = CLOSED
     id: CustomerId
     email: Email
 
 
 class OrderItemIn(BaseModel):
-    model_config = _CLOSED
+    model_config = CLOSED
     sku: Sku
     quantity: Annotated[int, Field(strict=True, ge=1, le=MAX_QUANTITY, examples=[2])]
 
 
 class ShippingAddressIn(BaseModel):
-    model_config = _CLOSED
+    model_config = CLOSED
     name: Text = Field(examples=["Ada Lovelace"])
     line1: Text = Field(examples=["1 Analytical Way"])
     line2: Text | None = None
@@ -485,80 +386,6 @@ class OrderTimeline(BaseModel):
     workflow_id: str
     entries: list[TimelineEntryOut] = Field(description="Oldest first.")
     warnings: list[str] = Field(description="What could not be read (the entries are what could).")
-
-
-# --- products
-
-
-class ProductIn(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "sku": "SKU-A",
-                    "name": "Difference engine",
-                    "unit_price": 1000,
-                    "currency": "EUR",
-                    "initial_stock": 25,
-                }
-            ]
-        },
-    )
-    sku: Sku
-    name: Text
-    unit_price: MinorUnits
-    currency: CurrencyCode
-    initial_stock: StockLevel = 0
-
-
-class StockChangeIn(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={"examples": [{"mode": "add", "quantity": 10}, {"mode": "set", "quantity": 0}]},
-    )
-    mode: Literal["add", "set"] = Field(description="`add` to the stock on hand, or `set` it.")
-    quantity: StockLevel
-
-    @model_validator(mode="after")
-    def _adds_something(self) -> StockChangeIn:
-        if self.mode == "add" and self.quantity == 0:
-            raise PydanticCustomError("add_nothing", "adding stock needs a quantity of at least 1")
-        return self
-
-
-class ProductOut(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "sku": "SKU-A",
-                    "name": "Difference engine",
-                    "unit_price": 1000,
-                    "currency": "EUR",
-                    "on_hand": 25,
-                    "reserved": 2,
-                    "available": 23,
-                    "created_at": "2026-01-05T09:00:00Z",
-                    "updated_at": "2026-01-05T10:00:00Z",
-                }
-            ]
-        }
-    )
-    sku: str
-    name: str
-    unit_price: int
-    currency: str
-    on_hand: int
-    reserved: int = Field(description="Held by orders in progress.")
-    available: int = Field(description="`on_hand - reserved`: what new orders can get.")
-    created_at: datetime
-    updated_at: datetime
-
-
-class ProductPage(BaseModel):
-    items: list[ProductOut]
-    next_cursor: str | None
 
 
 # --- operations

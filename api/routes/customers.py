@@ -7,8 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 
 from api.deps import OrderReader, Queries
+from api.fields import CUSTOMER_ID_PATTERN
 from api.problems import problem_responses
-from api.schemas import CUSTOMER_ID_PATTERN, LoyaltyAccount
+from api.schemas import LoyaltyAccount
 
 router = APIRouter(prefix="/customers", tags=["customers"])
 

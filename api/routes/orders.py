@@ -8,11 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Query, Request, Response, status
 
 from api.deps import Commands, IdempotencyKey, OrderId, OrderReader, OrderWriter, Queries
+from api.fields import CURSOR_PATTERN, CUSTOMER_ID_PATTERN
 from api.idempotency import KEY_CHARACTERS
 from api.problems import problem_responses
 from api.schemas import (
-    CURSOR_PATTERN,
-    CUSTOMER_ID_PATTERN,
     CancelAccepted,
     CancelOrderIn,
     OrderAccepted,

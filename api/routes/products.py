@@ -7,8 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response, status
 
 from api.deps import Admin, Products, Sku
+from api.fields import CURSOR_PATTERN
 from api.problems import problem_responses
-from api.schemas import CURSOR_PATTERN, ProductIn, ProductOut, ProductPage, StockChangeIn
+from api.product_schemas import ProductIn, ProductOut, ProductPage, StockChangeIn
 
 router = APIRouter(prefix="/products", tags=["products"])
 

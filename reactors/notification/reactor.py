@@ -136,9 +136,14 @@ async def send_mails(events: Sequence[ReceivedEvent], context: ReactorContext) -
         return {**failed, **{event_id: TransientError(f"claim failed: {err}") for event_id in mails}}
     failed.update(claimed.failed)
     mailer = mailer_of(context)
-    for event_id, attempts in claimed.to_send.items():
-        if utcnow() - claimed.at >= claimed.lease:  # another notifier may own it by now
-            failed[event_id] = TransientError(f"claim of the mail for {event_id} expired before sending")
+    pending = list(claimed.to_send)
+    owned = set(pending)
+    for index, (event_id, attempts) in enumerate(claimed.to_send.items()):
+        if utcnow() - claimed.at >= claimed.lease / 2:
+            # A slow relay or a busy host: keep the rest of the batch ours rather than let the claims lapse.
+            owned &= await _renew(context.sessions, pending[index:], claimed)
+        if event_id not in owned:
+            failed[event_id] = TransientError(f"claim of the mail for {event_id} lapsed before sending")
             continue
         mail = mails[event_id]
         try:
@@ -235,6 +240,29 @@ async def _claim(
                 row.recipient = mails[event.id].recipient
                 claims.to_send[event.id] = row.send_attempts
     return claims
+
+
+async def _renew(
+    sessions: async_sessionmaker[AsyncSession], event_ids: Sequence[str], claims: _Claims
+) -> set[str]:
+    """Extend this notifier's claims on `event_ids` (those still `sending` under its claim) to a fresh
+    lease; `claims.at` becomes the new claim time. Returns the ids still ours."""
+    now = utcnow()
+    async with sessions() as session, session.begin():
+        renewed = set(
+            await session.scalars(
+                update(Notification)
+                .where(
+                    Notification.event_id.in_(event_ids),
+                    Notification.status == SENDING,
+                    Notification.claimed_at == claims.at,
+                )
+                .values(claimed_at=now)
+                .returning(Notification.event_id)
+            )
+        )
+    claims.at = now
+    return renewed
 
 
 async def _record_failure(

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from api.fields import CURSOR_PATTERN
 from api.pagination import (
     InvalidCursor,
     OrderCursor,
@@ -17,7 +18,6 @@ from api.pagination import (
     encode_order_cursor,
     encode_product_cursor,
 )
-from api.schemas import CURSOR_PATTERN
 
 pytestmark = pytest.mark.unit
 
