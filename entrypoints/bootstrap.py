@@ -17,6 +17,7 @@ from activities.providers import (
     SimulatedCarrier,
     SimulatedPaymentGateway,
 )
+from activities.retention import RetentionActivities
 from activities.shipping import ShippingActivities
 from infra.db import Database
 from infra.settings import Settings
@@ -52,6 +53,13 @@ def saga_activities(
         orders.mark_order_status,
         orders.close_order,
     ]
+
+
+def worker_activities(
+    settings: Settings, sessions: async_sessionmaker[AsyncSession]
+) -> Sequence[Callable[..., Any]]:
+    """What the worker runs: the saga's activities and the retention run's."""
+    return [*saga_activities(settings, sessions), RetentionActivities(sessions, settings).apply_retention]
 
 
 # --- events: outbox relay, broker topology, reactors

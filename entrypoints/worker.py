@@ -15,14 +15,14 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from entrypoints.bootstrap import saga_activities
+from entrypoints.bootstrap import worker_activities
 from entrypoints.process import run_until_signalled
 from infra.db import Database, open_database
 from infra.settings import Settings, load_settings
 from observability import tracing
 from observability.metrics import StepMetricsInterceptor, temporal_runtime
 from orchestrator.client import connect_temporal
-from orchestrator.maintenance import RetentionActivities, RetentionWorkflow, ensure_retention_schedule
+from orchestrator.maintenance import RetentionWorkflow, ensure_retention_schedule
 from orchestrator.workflow import OrderWorkflow
 
 log = logging.getLogger("entrypoints.worker")
@@ -33,10 +33,7 @@ def build_worker(client: Client, settings: Settings, database: Database) -> Work
         client,
         task_queue=settings.temporal_task_queue,
         workflows=[OrderWorkflow, RetentionWorkflow],
-        activities=[
-            *saga_activities(settings, database.sessions),
-            RetentionActivities(database.sessions, settings).apply_retention,
-        ],
+        activities=worker_activities(settings, database.sessions),
         # In-flight activities get this long to finish before they are cancelled on shutdown.
         graceful_shutdown_timeout=timedelta(seconds=settings.worker_shutdown_grace_seconds),
         # Step attempts, failures and retries are counted here, outside workflow code.

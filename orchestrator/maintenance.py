@@ -1,6 +1,6 @@
 """The retention run as a Temporal Schedule: the engine the saga already runs on is the scheduler.
 
-`RetentionWorkflow` runs one activity, `apply_retention` (infra/retention.py), on the saga's task queue.
+`RetentionWorkflow` runs one activity, `apply_retention` (activities/retention.py), on the saga's task queue.
 The worker registers the schedule at start with `ensure_retention_schedule`: create, or update it when it
 exists, so any number of workers starting at once leave exactly one schedule with the current settings.
 Overlapping runs are skipped (a run still busy when the next is due lets that one go).
@@ -9,14 +9,13 @@ Overlapping runs are skipped (a run still busy when the next is due lets that on
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import timedelta
 
-from temporalio import activity, workflow
+from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
     from temporalio.client import (
         Client,
         Schedule,
@@ -32,30 +31,10 @@ with workflow.unsafe.imports_passed_through():
     )
     from temporalio.service import RPCError
 
-    from infra.retention import run_retention
+    from activities.retention import RetentionActivities, RetentionResult
     from infra.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RetentionResult:
-    """Rows deleted per table, and the number of batches it took."""
-
-    deleted: dict[str, int]
-    batches: int
-
-
-class RetentionActivities:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], settings: Settings) -> None:
-        self._sessions = sessions
-        self._settings = settings
-
-    @activity.defn(name="apply_retention")
-    async def apply_retention(self) -> RetentionResult:
-        """Delete every table's expired rows (infra/retention.py); safe to repeat."""
-        report = await run_retention(self._sessions, self._settings)
-        return RetentionResult(report.deleted, report.batches)
 
 
 RETENTION_WORKFLOW = "RetentionWorkflow"

@@ -16,6 +16,7 @@ from temporalio.client import ScheduleActionExecutionStartWorkflow, ScheduleInte
 from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
 
+from activities.retention import RetentionResult
 from entrypoints.worker import build_worker
 from infra import models
 from infra.db import Database
@@ -25,11 +26,7 @@ from infra.retention import run_retention
 from infra.settings import Settings
 from messaging.models import OutboxEvent
 from ops import cli
-from orchestrator.maintenance import (
-    RetentionResult,
-    ensure_retention_schedule,
-    retention_schedule_id,
-)
+from orchestrator.maintenance import ensure_retention_schedule, retention_schedule_id
 from reactors.models import DeliveryRecord, InboxMessage
 from reactors.notification.models import Notification
 from tests.support import add_product, order_command
