@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from typing import Any
 
@@ -17,7 +18,7 @@ import asyncpg
 from temporalio.api.enums.v1 import EventType
 from temporalio.bridge.proto.workflow_activation import WorkflowActivation
 from temporalio.bridge.proto.workflow_completion import WorkflowActivationCompletion
-from temporalio.client import WorkflowHandle
+from temporalio.client import WorkflowHandle, WorkflowHistory
 from temporalio.worker import WorkflowInstance, WorkflowInstanceDetails, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
@@ -148,3 +149,15 @@ async def wait_for_history_event(
                 if event.event_id > after and event.event_type == event_type:
                     return event.event_id
             await asyncio.sleep(POLL_SECONDS)
+
+
+def patches_recorded(history: WorkflowHistory) -> set[str]:
+    """The ids of the `workflow.patched` markers in a history."""
+    patches: set[str] = set()
+    for event in history.events:
+        if event.event_type != EventType.EVENT_TYPE_MARKER_RECORDED:
+            continue
+        marker = event.marker_recorded_event_attributes
+        if marker.marker_name == "core_patch":
+            patches.add(json.loads(marker.details["patch_data"].payloads[0].data)["id"])
+    return patches
