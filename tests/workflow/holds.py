@@ -159,5 +159,5 @@ def patches_recorded(history: WorkflowHistory) -> set[str]:
             continue
         marker = event.marker_recorded_event_attributes
         if marker.marker_name == "core_patch":
-            patches.add(json.loads(marker.details["patch_data"].payloads[0].data)["id"])
+            patches.add(json.loads(marker.details["patch-data"].payloads[0].data)["id"])
     return patches

@@ -18,6 +18,7 @@ workflow cancel is what closed the order.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +30,9 @@ from activities.inventory import InventoryActivities
 from activities.orders import OrderActivities
 from activities.payments import PaymentActivities
 from activities.shipping import ShippingActivities
+from domain.model import PlaceOrder
 from orchestrator.client import place_order, request_cancel
+from orchestrator.messages import OrderSagaResult
 from tests.conftest import HistoryRecorder, SagaHarness
 from tests.support import add_product, order_command
 from tests.workflow.closing import Expected, assert_closed_right, saga_worker, workflow_outcome
@@ -72,9 +75,9 @@ def steps_of(harness: SagaHarness) -> dict[str, Any]:
 class Inside:
     """The workflow cancel arrives while `hold` runs.
 
-    `table`: what `hold` writes, locked on PostgreSQL to hold it. `lock_while`: a step held while
-    that lock is taken, because an earlier step writes the same table (None: locked before the
-    order is placed). `before` and `first`: something that happens first while `before` is held
+    `table`: what `hold` writes, locked on PostgreSQL to hold it. `lock_while`: a step held (before
+    it runs) while that lock is taken, because something earlier writes the same table (None: locked
+    before the order is placed). `before` and `first`: something that happens first while `before` is held
     (a customer cancel, or a first workflow cancel, so that the last one is a repeated cancel).
     """
 
@@ -89,7 +92,10 @@ class Inside:
 
 
 INSIDE = {
-    "reserve_inventory": Inside("reserve_inventory", "products", cancelled(RELEASE)),
+    # Placing the order takes a lock on products (the lines' foreign key): lock it once reserving began.
+    "reserve_inventory": Inside(
+        "reserve_inventory", "products", cancelled(RELEASE), lock_while="reserve_inventory"
+    ),
     "charge_payment": Inside("charge_payment", "payments", cancelled(REFUND_RELEASE)),
     "create_shipment": Inside("create_shipment", "shipments", cancelled(ALL_THREE)),
     # The closing write of a shipped order: the cancel is too late, the order ships.
@@ -156,31 +162,8 @@ async def test_a_workflow_cancel_inside_any_step_ends_clean(
     held = [gate.activity() for gate in gates.values()]
     async with saga_worker(harness, replace=held, runner=watch.runner()):
         try:
-            if lock is not None and inside.lock_while is None:
-                await lock.acquire()
-            handle = await place_order(harness.database.sessions, harness.client, harness.task_queue, command)
-            if inside.before is not None:
-                await gates[inside.before].wait_entered()
-                if inside.first == "customer_cancel":
-                    outcome = await request_cancel(harness.client, command.order_id, "changed my mind")
-                    assert outcome.accepted
-                else:
-                    await handle.cancel()
-                    await watch.wait_applied(handle.id)
-                if lock is None or inside.lock_while != inside.before:
-                    gates[inside.before].open()
-            if lock is not None and inside.lock_while is not None:
-                await gates[inside.lock_while].wait_entered()
-                await lock.acquire()
-                gates[inside.lock_while].open()
-            # The saga is inside `hold` now, and stays there until released.
-            if lock is not None:
-                await lock.wait_blocked()
-            else:
-                await gates[inside.hold].wait_entered()
-            await handle.cancel()
-            if inside.first != "workflow_cancel":  # a repeated cancel is a no-op on the server
-                await watch.wait_applied(handle.id)
+            async with asyncio.timeout(120):  # a hold that never lets go fails the test, not the run
+                handle = await cancel_inside(harness, inside, command, gates, lock, watch)
         finally:
             if lock is not None:
                 await lock.release()
@@ -193,6 +176,43 @@ async def test_a_workflow_cancel_inside_any_step_ends_clean(
         harness, handle, command.order_id, inside.expected, stock={"SKU-A": (ON_HAND, 2)}
     )
     await assert_ended_as_asked(handle, inside.expected)
+
+
+async def cancel_inside(
+    harness: SagaHarness,
+    inside: Inside,
+    command: PlaceOrder,
+    gates: dict[str, Gate],
+    lock: TableLock | None,
+    watch: CancelWatch,
+) -> WorkflowHandle[Any, OrderSagaResult]:
+    """Place the order, hold the saga inside `inside.hold`, cancel the workflow (the caller releases)."""
+    if lock is not None and inside.lock_while is None:
+        await lock.acquire()
+    handle = await place_order(harness.database.sessions, harness.client, harness.task_queue, command)
+    if inside.before is not None:
+        await gates[inside.before].wait_entered()
+        if inside.first == "customer_cancel":
+            outcome = await request_cancel(harness.client, command.order_id, "changed my mind")
+            assert outcome.accepted
+        else:
+            await handle.cancel()
+            await watch.wait_applied(handle.id)
+        if lock is None or inside.lock_while != inside.before:
+            gates[inside.before].open()
+    if lock is not None and inside.lock_while is not None:
+        await gates[inside.lock_while].wait_entered()
+        await lock.acquire()
+        gates[inside.lock_while].open()
+    # The saga is inside `hold` now, and stays there until released.
+    if lock is not None:
+        await lock.wait_blocked()
+    else:
+        await gates[inside.hold].wait_entered()
+    await handle.cancel()
+    if inside.first != "workflow_cancel":  # a repeated cancel is a no-op on the server
+        await watch.wait_applied(handle.id)
+    return handle
 
 
 @dataclass(frozen=True)
