@@ -8,8 +8,31 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 Compensation = Callable[[], Awaitable[object]]
+T = TypeVar("T")
+
+
+async def run_to_completion(work: Awaitable[T]) -> tuple[T, bool]:
+    """Await `work` to its end, whatever cancels reach the awaiting task meanwhile.
+
+    Returns `(result, cancelled)`: the work's result and whether at least one cancel arrived (each
+    is absorbed; the caller decides what it means once the work is done). Raises what the work
+    raises. Only a cancel of the work itself gets through: evicting a workflow from the worker's
+    cache cancels every task it has, and that must not be held up.
+    """
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while True:
+        try:
+            return await asyncio.shield(task), cancelled
+        except asyncio.CancelledError:
+            if task.cancelled():
+                raise
+            # Absorbed. Shielding a task that has ended since (the cancel came just as it ended)
+            # hands over its outcome at once.
+            cancelled = True
 
 
 @dataclass
@@ -38,16 +61,7 @@ class Compensations:
         A cancellation arriving meanwhile does not stop them (the saga must end clean); it is
         re-raised once they are done. A failing compensation does not stop the others.
         """
-        task = asyncio.ensure_future(self._run_in_reverse())
-        cancelled = False
-        while True:
-            try:
-                report = await asyncio.shield(task)
-                break
-            except asyncio.CancelledError:
-                if task.done():
-                    raise
-                cancelled = True
+        report, cancelled = await run_to_completion(self._run_in_reverse())
         if cancelled:
             raise asyncio.CancelledError
         return report

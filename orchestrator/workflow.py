@@ -1,12 +1,20 @@
 """OrderWorkflow: reserve, charge, ship, mark shipped; compensate in reverse on failure or cancel.
 
 Workflow code only orchestrates: no I/O, no clock, no randomness. Every effect is an activity.
+
+Cancels of the workflow (Web UI, CLI) can arrive at any await. A forward step in flight finishes
+before the saga acts on the cancel; from the moment the saga decides to unwind, everything up to
+and including the closing write (COMPENSATING, every compensation, the close with its event) runs
+as one task that no cancel reaches, and so does the closing write of a shipped order. The workflow
+ends CANCELED only after the order is closed, and only when the workflow cancel is what closed it.
+Sagas that took such a decision on the previous code keep its behaviour (patch CANCEL_SAFE_UNWIND).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import timedelta
 
 from temporalio import workflow
@@ -34,7 +42,7 @@ with workflow.unsafe.imports_passed_through():
     from domain.errors import BUSINESS_FAILURES
     from domain.model import FailureReason, OrderStatus
     from orchestrator import search_attributes
-    from orchestrator.compensation import Compensations
+    from orchestrator.compensation import Compensations, run_to_completion
 
 BUSINESS_FAILURE_CODES = frozenset(error.code for error in BUSINESS_FAILURES)
 
@@ -57,6 +65,27 @@ LOCAL_STEP_TIMEOUT = timedelta(seconds=10)
 
 CANCEL_REFUSED = "CancelRefused"
 
+# Versions of this workflow (README, "Changing the workflow safely"). A saga whose history reached a
+# patched decision point on the code before the patch replays the old branch; every saga reaching
+# it on this code records the patch and takes the new one.
+# - cancel-safe-unwind: the unwind and the shipped order's closing write run out of reach of
+#   cancels; a step cut short by a workflow cancel closes the order WORKFLOW_CANCELLED.
+CANCEL_SAFE_UNWIND = "cancel-safe-unwind"
+
+
+@dataclass(frozen=True)
+class _Ending:
+    """How an unwinding saga closes the order."""
+
+    status: OrderStatus
+    reason: FailureReason
+    detail: str
+
+
+WORKFLOW_CANCELLED = _Ending(
+    OrderStatus.CANCELLED, FailureReason.WORKFLOW_CANCELLED, "the workflow was cancelled"
+)
+
 
 class _CancelRequested(Exception):
     """Raised inside the saga at the first step boundary after an accepted cancel."""
@@ -68,6 +97,7 @@ class OrderWorkflow:
     def __init__(self, saga: OrderSagaInput) -> None:
         self._state = OrderSagaState(order_id=saga.order_id, status=OrderStatus.PLACED)
         self._cancel_reason = ""
+        self._unwinding = False
 
     @workflow.run
     async def run(self, saga: OrderSagaInput) -> OrderSagaResult:
@@ -88,35 +118,32 @@ class OrderWorkflow:
             self._state.shipping_started = True
             self._register(compensations, ShippingActivities.cancel_shipment, order)
             await self._step(ShippingActivities.create_shipment, order)
-            await workflow.execute_local_activity_method(
-                OrderActivities.mark_order_shipped,
-                order,
-                start_to_close_timeout=LOCAL_STEP_TIMEOUT,
-                retry_policy=COMPENSATION_RETRY,
-            )
+            await self._mark_shipped(order)
             self._advance(OrderStatus.SHIPPED)
             return self._result()
         except _CancelRequested:
-            await self._unwind(
-                compensations,
-                OrderStatus.CANCELLED,
-                FailureReason.CUSTOMER_CANCELLED,
-                self._cancel_reason,
-            )
-            return self._result()
+            ending = _Ending(OrderStatus.CANCELLED, FailureReason.CUSTOMER_CANCELLED, self._cancel_reason)
         except ActivityError as err:
-            reason, detail = _classify(err)
-            await self._unwind(compensations, OrderStatus.FAILED, reason, detail)
-            return self._result()
+            ending = _Ending(OrderStatus.FAILED, *_classify(err))
         except asyncio.CancelledError:
             # The workflow itself was cancelled (Web UI, CLI): still end clean, then report it.
-            await self._unwind(
-                compensations,
-                OrderStatus.CANCELLED,
-                FailureReason.WORKFLOW_CANCELLED,
-                "the workflow was cancelled",
-            )
-            raise
+            ending = WORKFLOW_CANCELLED
+
+        # The saga has decided to unwind: from here on, no customer cancel is accepted.
+        self._unwinding = True
+        if workflow.patched(CANCEL_SAFE_UNWIND):
+            if ending.reason == FailureReason.INTERNAL_ERROR and workflow.cancellation_reason() is not None:
+                # The step was cut short by the workflow cancel (cancelled before it started or
+                # between two attempts), not by a fault of its own.
+                ending = WORKFLOW_CANCELLED
+            # One task, out of reach of cancels, until the order is closed with its event.
+            await run_to_completion(self._unwind(compensations, ending))
+        else:
+            # The previous behaviour, for sagas that reached this point on the code before the patch.
+            await self._unwind(compensations, ending)
+        if ending is WORKFLOW_CANCELLED:
+            raise asyncio.CancelledError  # the order is closed: now end the workflow CANCELED
+        return self._result()
 
     @workflow.query
     def status(self) -> OrderSagaState:
@@ -133,6 +160,12 @@ class OrderWorkflow:
         if self._state.status.is_terminal or self._state.status == OrderStatus.COMPENSATING:
             raise ApplicationError(
                 f"the order is already {self._state.status}",
+                str(self._state.status),
+                type=CANCEL_REFUSED,
+            )
+        if self._unwinding:  # decided, COMPENSATING not recorded yet
+            raise ApplicationError(
+                "the order is already being compensated",
                 str(self._state.status),
                 type=CANCEL_REFUSED,
             )
@@ -168,6 +201,21 @@ class OrderWorkflow:
         """Register `activity` (a compensation) under its own activity name, before its step runs."""
         compensations.register(step_name(activity), lambda: self._compensate(activity, order))
 
+    async def _mark_shipped(self, order: OrderRef) -> None:
+        """The closing write of a shipped order (status, stock, OrderShipped event)."""
+        shipped = workflow.execute_local_activity_method(
+            OrderActivities.mark_order_shipped,
+            order,
+            start_to_close_timeout=LOCAL_STEP_TIMEOUT,
+            retry_policy=COMPENSATION_RETRY,
+        )
+        if workflow.patched(CANCEL_SAFE_UNWIND):
+            # The parcel is booked: a cancel arriving during this write is too late, and cutting it
+            # short would leave an order that may be SHIPPED to be compensated.
+            await run_to_completion(shipped)
+        else:
+            await shipped
+
     async def _compensate(
         self, activity: Callable[..., Awaitable[StepOutcome]], order: OrderRef
     ) -> StepOutcome:
@@ -178,16 +226,11 @@ class OrderWorkflow:
             retry_policy=COMPENSATION_RETRY,
         )
 
-    async def _unwind(
-        self,
-        compensations: Compensations,
-        final_status: OrderStatus,
-        reason: FailureReason,
-        detail: str,
-    ) -> None:
-        self._state.failure_reason = reason
-        self._state.failure_detail = detail
-        await self._record(StatusChange(self._state.order_id, OrderStatus.COMPENSATING, detail))
+    async def _unwind(self, compensations: Compensations, ending: _Ending) -> None:
+        """Record COMPENSATING, run the compensations newest first, close the order with its event."""
+        self._state.failure_reason = ending.reason
+        self._state.failure_detail = ending.detail
+        await self._record(StatusChange(self._state.order_id, OrderStatus.COMPENSATING, ending.detail))
         self._advance(OrderStatus.COMPENSATING)
         report = await compensations.run()
         self._state.compensations_run = report.completed
@@ -195,15 +238,15 @@ class OrderWorkflow:
             OrderActivities.close_order,
             OrderClosure(
                 order_id=self._state.order_id,
-                status=final_status,
-                reason=reason,
-                detail=detail,
+                status=ending.status,
+                reason=ending.reason,
+                detail=ending.detail,
                 compensations=tuple(report.completed),
             ),
             start_to_close_timeout=LOCAL_STEP_TIMEOUT,
             retry_policy=COMPENSATION_RETRY,
         )
-        self._advance(final_status)
+        self._advance(ending.status)
 
     async def _record(self, change: StatusChange) -> None:
         await workflow.execute_local_activity_method(
