@@ -712,8 +712,11 @@ class FaultRun:
             pending = sum(row.status != PUBLISHED for row in outbox)
             try:
                 states = await stack.queue_states([*main_and_wait, *dlqs.values()])
-            except Exception as err:  # the broker may still be coming back
-                self.log(f"queue probe failed: {err}")
+            except Exception as err:  # the broker may still be coming back; a failed probe is no answer
+                self.log(f"queue probe failed: {err!r}")
+                if loop.time() > deadline:
+                    return False, depths
+                previous = None
                 await asyncio.sleep(1)
                 continue
             depths = {queue: states[queue][0] for queue in main_and_wait}

@@ -9,6 +9,9 @@ its answer travels back (the second half of the simulated latency). A worker SIG
 a charge the provider made and the database does not know of yet, like a real provider whose answer was lost;
 the next worker reads the journal back, so the provider still knows that key. The fault checker reconciles the
 journal with the database's payments.
+
+One more test card: `tok_answer_lost` is charged by the provider on its first attempt (once per key) but its
+answer never arrives (a transient error every time), so the saga's retries run out after the money moved.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 from temporalio.worker import Worker
 
 from activities.providers import ChargeRequest, RefundRequest, SimulatedPaymentGateway
+from domain.errors import TransientProviderError
 from infra.bootstrap import open_database, saga_activities
 from infra.process import run_until_signalled
 from infra.settings import Settings, load_settings
@@ -33,6 +37,7 @@ from orchestrator.client import connect_temporal
 from orchestrator.workflow import OrderWorkflow
 
 log = logging.getLogger("tests.faults.provider_worker")
+TOKEN_ANSWER_LOST = "tok_answer_lost"
 
 
 class JournaledPaymentGateway(SimulatedPaymentGateway):
@@ -55,6 +60,11 @@ class JournaledPaymentGateway(SimulatedPaymentGateway):
             os.fsync(journal.fileno())
 
     async def charge(self, request: ChargeRequest) -> str:
+        if request.token == TOKEN_ANSWER_LOST:
+            if request.idempotency_key not in self.charges:
+                self.charges[request.idempotency_key] = request
+                self._append("charge", request.idempotency_key, request.amount, asdict(request))
+            raise TransientProviderError("charged, but the provider's answer was lost")
         await asyncio.sleep(self._half_latency)  # the request travelling to the provider
         known = request.idempotency_key in self.charges
         reference = await super().charge(request)  # raises when declined or (flaky) unavailable

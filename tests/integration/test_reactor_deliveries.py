@@ -68,6 +68,7 @@ async def test_a_reactor_killed_before_it_acks_gets_the_message_again_and_applie
             await asyncio.Event().wait()  # hangs until the "process" is killed
 
         doomed = await events.start_reactor(reactor, fault=die_before_ack)
+        doomed.may_fail = True
         event = shipped_event(customer_id=f"cust-kill-{reactor.name}")
         await publish(events, event)
         await asyncio.wait_for(committed.wait(), 15)
@@ -247,8 +248,15 @@ async def test_graceful_shutdown_finishes_the_message_in_flight(events: EventSta
     assert applied == [event.subject]
     assert len(await events.ledger("slow", DeliveryOutcome.PROCESSED)) == 1
     await events.start_reactor(reactor)  # it was acked: nothing comes back
-    await asyncio.sleep(0.5)
-    assert applied == [event.subject]
+    # The queue is first in, first out: once a later event is applied, a redelivery would have come first.
+    later = shipped_event()
+    await publish(events, later)
+
+    async def later_applied() -> bool:
+        return later.subject in applied
+
+    await eventually(later_applied, what="the later event applied")
+    assert applied == [event.subject, later.subject]
     assert await events.ledger("slow", DeliveryOutcome.DUPLICATE_IGNORED) == []
 
 
