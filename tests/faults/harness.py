@@ -51,12 +51,14 @@ from messaging.broker import ConfirmedPublisher
 from messaging.models import PENDING, PUBLISHED, OutboxEvent
 from ops.launcher import (
     FAST_DISPATCH_FLAG,
+    MODULES,
     NAMESPACE_COUNT_FLAG,
     REACTOR_NAMES,
     LocalStack,
     StackOptions,
 )
 from reactors.models import DeliveryRecord, InboxMessage
+from tests.faults.broken import VARIANTS
 from tests.faults.invariants import Expectations, Invariant, PlacedSpec, check_all, routes
 from tests.support import empty_database, migrate
 
@@ -318,8 +320,16 @@ async def rabbitmqctl(*args: str) -> None:
 
 
 class FaultRun:
-    def __init__(self, plan: FaultPlan, workdir: Path, *, echo: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        plan: FaultPlan,
+        workdir: Path,
+        *,
+        echo: Callable[[str], None] = print,
+        broken: str | None = None,
+    ) -> None:
         self.plan = plan
+        self.broken = broken
         self.workdir = workdir
         self._echo = echo
         self._random = random.Random(plan.seed)
@@ -347,7 +357,7 @@ class FaultRun:
                 log_level="INFO",
                 extra_env=RUN_ENV,
                 server_extra_flags=(*NAMESPACE_COUNT_FLAG, *FAST_DISPATCH_FLAG),
-                commands={"worker": ("tests.faults.provider_worker", str(self.journal))},
+                commands=self._commands(),
             )
             stack = LocalStack(options)
             database = open_database(stack.settings)
@@ -399,6 +409,15 @@ class FaultRun:
                 crashed,
                 quiesced,
             )
+
+    def _commands(self) -> dict[str, tuple[str, ...]]:
+        """The worker with the journaled provider; with `broken`, one component replaced by its broken
+        variant (`tests.faults.broken`)."""
+        commands: dict[str, tuple[str, ...]] = {"worker": ("tests.faults.provider_worker", str(self.journal))}
+        if self.broken is not None:
+            kind = VARIANTS[self.broken].kind
+            commands[kind] = ("tests.faults.broken", self.broken, *(commands.get(kind) or (MODULES[kind],)))
+        return commands
 
     def log(self, message: str) -> None:
         self._echo(f"[{time.monotonic() - self._started:6.1f}s] {message}")
@@ -748,11 +767,16 @@ async def _count(session: Any, model: type[Any], *conditions: Any) -> int:
 
 
 async def run_faults(
-    plan: FaultPlan, workdir: Path | None = None, *, echo: Callable[[str], None] = print
+    plan: FaultPlan,
+    workdir: Path | None = None,
+    *,
+    echo: Callable[[str], None] = print,
+    broken: str | None = None,
 ) -> Report:
-    """Run the harness once; its logs stay in `workdir` (a fresh temporary folder when None)."""
+    """Run the harness once; its logs stay in `workdir` (a fresh temporary folder when None). `broken`
+    names a deliberately broken variant of the product (`tests.faults.broken.VARIANTS`) to run instead."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="faults-"))
-    return await FaultRun(plan, workdir, echo=echo).run()
+    return await FaultRun(plan, workdir, echo=echo, broken=broken).run()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -769,13 +793,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poison-rounds", type=int)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) even on success")
+    parser.add_argument(
+        "--broken",
+        choices=sorted(VARIANTS),
+        help="run a deliberately broken variant of the product: the run must FAIL (tests/faults/broken.py)",
+    )
     args = parser.parse_args(argv)
     overrides = {
-        key: value for key, value in vars(args).items() if key not in ("orders", "keep") and value is not None
+        key: value
+        for key, value in vars(args).items()
+        if key not in ("orders", "keep", "broken") and value is not None
     }
     plan = FaultPlan.for_orders(args.orders, **overrides)
     workdir = Path(tempfile.mkdtemp(prefix="faults-"))
-    report = asyncio.run(run_faults(plan, workdir))
+    report = asyncio.run(run_faults(plan, workdir, broken=args.broken))
+    if args.broken:
+        print(f"Deliberately broken product: {args.broken} ({VARIANTS[args.broken].bug})", flush=True)
     print(report.render(), flush=True)
     passed = report.ok
     if passed and not args.keep:
