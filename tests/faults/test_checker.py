@@ -13,12 +13,15 @@ from __future__ import annotations
 import copy
 import inspect
 import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import pytest
 
 import tests.faults.invariants as checker
+from tests.faults.harness import WORKER_KILL, FaultPlan, Report
 from tests.faults.invariants import (
     EventRecord,
     Expectations,
@@ -584,3 +587,44 @@ def test_a_broken_product_fails_the_checker(product: str) -> None:
     model = mutate(copy.deepcopy(build(specs())))
     failed = failures(check_records(model.records, model.expect))
     assert caught_by <= failed, failed
+
+
+# --- the run's own checks: faults that did not bite, no quiescence, a component that died on its own
+
+
+def _report(**changes: Any) -> Report:
+    plan = FaultPlan(orders=10)
+    clean = build(specs())
+    invariants = check_records(clean.records, clean.expect)
+    report = Report(plan, [], Counter(plan.planned()), {}, invariants, 1.0, "db", "ns")
+    for name, value in changes.items():
+        setattr(report, name, value)
+    return report
+
+
+def test_a_complete_run_passes() -> None:
+    assert _report().ok and _report().problems() == []
+
+
+def test_a_fault_that_did_not_bite_fails_the_run_and_says_so() -> None:
+    report = _report()
+    report.faults[WORKER_KILL] -= 1  # one kill found no charge in flight: not counted
+    assert not report.ok
+    assert any("did not bite" in problem and WORKER_KILL in problem for problem in report.problems())
+    assert "Result: FAIL" in report.render()
+
+
+def test_no_quiescence_fails_the_run() -> None:
+    report = _report(quiesced=False)
+    assert not report.ok and any("quiescence" in problem for problem in report.problems())
+
+
+def test_a_component_that_died_on_its_own_fails_the_run() -> None:
+    report = _report(crashed={"relay": [1]})
+    assert not report.ok and any("relay exited on its own" in problem for problem in report.problems())
+
+
+def test_a_failed_invariant_fails_the_run() -> None:
+    broken = m_balance(build(specs()))
+    report = _report(invariants=check_records(broken.records, broken.expect))
+    assert not report.ok and report.problems() == []
