@@ -12,6 +12,8 @@ journal with the database's payments.
 
 One more test card: `tok_answer_lost` is charged by the provider on its first attempt (once per key) but its
 answer never arrives (a transient error every time), so the saga's retries run out after the money moved.
+And `tok_late` charges like `tok_ok`, only LATE_CHARGE_SECONDS later (still within the step's timeout): long
+enough for the saga to be cancelled and compensated meanwhile, so that the charge lands on a closed order.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import asyncio
 import json
 import logging
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,8 @@ from orchestrator.workflow import OrderWorkflow
 
 log = logging.getLogger("tests.faults.provider_worker")
 TOKEN_ANSWER_LOST = "tok_answer_lost"
+TOKEN_LATE = "tok_late"
+LATE_CHARGE_SECONDS = 6.0
 
 
 class JournaledPaymentGateway(SimulatedPaymentGateway):
@@ -65,6 +69,9 @@ class JournaledPaymentGateway(SimulatedPaymentGateway):
                 self.charges[request.idempotency_key] = request
                 self._append("charge", request.idempotency_key, request.amount, asdict(request))
             raise TransientProviderError("charged, but the provider's answer was lost")
+        if request.token == TOKEN_LATE:
+            await asyncio.sleep(LATE_CHARGE_SECONDS)
+            request = replace(request, token="tok_ok")
         await asyncio.sleep(self._half_latency)  # the request travelling to the provider
         known = request.idempotency_key in self.charges
         reference = await super().charge(request)  # raises when declined or (flaky) unavailable

@@ -37,7 +37,7 @@ from ops.launcher import (
 )
 from reactors.notification.models import Notification
 from tests.faults.invariants import read_provider_journal
-from tests.faults.provider_worker import TOKEN_ANSWER_LOST
+from tests.faults.provider_worker import TOKEN_ANSWER_LOST, TOKEN_LATE
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -196,6 +196,41 @@ async def test_retries_running_out_after_the_provider_charged_fail_the_order_wit
     assert charges[f"{order_id}:charge"] == PRICE
     assert refunds[f"{order_id}:refund"] == PRICE
     assert await crash.history(order_id) == ["PLACED", "INVENTORY_RESERVED", "COMPENSATING", "FAILED"]
+
+
+async def test_a_late_charge_on_a_cancelled_order_is_refunded_and_moves_nothing(crash: CrashStack) -> None:
+    """The workflow is cancelled while its charge is inside the provider call: the saga compensates (the
+    provider has no charge yet: abandoned) and closes CANCELLED. Then the charge lands: recorded and refunded
+    on the spot, the order's status and history unchanged."""
+    order_id = await crash.place(token=TOKEN_LATE, customer="cust-late")
+
+    async def charging() -> bool:
+        return await crash.payments(order_id) == [("charge", PRICE, "pending")]
+
+    await until(charging, 60, "the charge inside the provider call")
+    await crash.stack.temporal.get_workflow_handle(f"order-{order_id}").cancel()
+    order = await terminal(crash, order_id)
+    assert order["status"] == "CANCELLED", order
+    closed_history = await crash.history(order_id)
+    assert closed_history[-1] == "CANCELLED"
+
+    async def refunded_at_the_provider() -> bool:
+        _, refunds = read_provider_journal(crash.journal)
+        return f"{order_id}:refund" in refunds
+
+    await until(refunded_at_the_provider, 60, "the late charge refunded")
+    charges, refunds = read_provider_journal(crash.journal)
+    assert charges[f"{order_id}:charge"] == refunds[f"{order_id}:refund"] == PRICE
+
+    async def settled() -> bool:
+        return sorted(await crash.payments(order_id)) == [
+            ("charge", PRICE, "succeeded"),
+            ("refund", PRICE, "succeeded"),
+        ]
+
+    await until(settled, 30, "the database records the late charge and its refund")
+    assert (await crash.order(order_id))["status"] == "CANCELLED"
+    assert await crash.history(order_id) == closed_history
 
 
 async def test_notifier_killed_right_after_smtp_accepted_resends_at_most_once_with_the_same_message_id(
