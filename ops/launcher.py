@@ -238,6 +238,9 @@ class StackOptions:
     server_extra_flags: Sequence[str] = NAMESPACE_COUNT_FLAG
     # Per component kind ("worker", ...): `python -m` arguments replacing MODULES' entry (a test variant).
     commands: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    # Processes per kind ("worker", "relay", "reactor": each reactor): 1 unless set. The first keeps the
+    # plain name ("worker", "reactor-loyalty"), the others get "#2", "#3"... (`replica_names`).
+    replicas: Mapping[str, int] = field(default_factory=dict)
 
 
 class LocalStack:
@@ -360,12 +363,14 @@ class LocalStack:
             connect_temporal(self.settings, wait_seconds=START_TIMEOUT_SECONDS), START_TIMEOUT_SECONDS + 5
         )
         await self.service_component("smtp", "smtp").start()
-        await self._wait_for_port(self.smtp_port, "smtp")
+        await self.wait_for_port(self.smtp_port, "smtp")
         for name in REACTOR_NAMES:
-            await self.service_component(f"reactor-{name}", "reactor", name).start()
+            for replica in self.replica_names(f"reactor-{name}", "reactor"):
+                await self.service_component(replica, "reactor", name).start()
         await self.wait_for_reactors()
-        await self.service_component("relay", "relay").start()
-        await self.service_component("worker", "worker").start()
+        for kind in ("relay", "worker"):
+            for replica in self.replica_names(kind, kind):
+                await self.service_component(replica, kind).start()
         await self.service_component("api", "api").start()
         await self._wait_for_api()
         await self.wait_for_worker()
@@ -383,6 +388,11 @@ class LocalStack:
             finally:
                 await close_quietly(connection, 10)
 
+    def replica_names(self, name: str, kind: str) -> list[str]:
+        """The component names of every replica of `name` (a kind in `StackOptions.replicas`)."""
+        count = max(1, self.options.replicas.get(kind, 1))
+        return [name, *(f"{name}#{n}" for n in range(2, count + 1))]
+
     async def kill(self, name: str) -> None:
         await self.components[name].kill()
 
@@ -398,7 +408,8 @@ class LocalStack:
 
     # --- readiness
 
-    async def _wait_for_port(self, port: int, name: str) -> None:
+    async def wait_for_port(self, port: int, name: str) -> None:
+        """Until something accepts TCP connections on the port (the component `name` must be running)."""
         async with asyncio.timeout(START_TIMEOUT_SECONDS):
             while True:
                 self._check_alive(name)
@@ -429,13 +440,17 @@ class LocalStack:
                 await asyncio.sleep(0.2)
 
     async def wait_for_reactors(self, within: float = START_TIMEOUT_SECONDS) -> None:
-        """Until every reactor's main queue has a consumer (they declare their queues themselves)."""
+        """Until every reactor's main queue has a consumer per running replica (they declare their queues
+        themselves)."""
         async with asyncio.timeout(within):
             while True:
+                wanted = {}
                 for name in REACTOR_NAMES:
                     self._check_alive(f"reactor-{name}")
-                states = await self.queue_states([self.topology.queue(name) for name in REACTOR_NAMES])
-                if all(consumers >= 1 for _, consumers in states.values()):
+                    replicas = self.replica_names(f"reactor-{name}", "reactor")
+                    wanted[self.topology.queue(name)] = sum(self.components[r].running for r in replicas)
+                states = await self.queue_states(list(wanted))
+                if all(states[queue][1] >= count for queue, count in wanted.items()):
                     return
                 await asyncio.sleep(0.2)
 

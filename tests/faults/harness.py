@@ -37,10 +37,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError
 
 from contracts.envelope import STRUCTURED_CONTENT_TYPE
 from domain.model import TERMINAL_STATUSES, FailureReason, OrderStatus
@@ -57,11 +58,12 @@ from ops.launcher import (
     LocalStack,
     StackOptions,
 )
-from reactors.models import DeliveryRecord, InboxMessage
+from reactors.models import DeliveryOutcome, DeliveryRecord, InboxMessage
 from tests.faults.broken import VARIANTS
 from tests.faults.invariants import Expectations, Invariant, PlacedSpec, check_all, routes
 from tests.support import empty_database, migrate
 
+T = TypeVar("T")
 API_KEY = Settings.DEVELOPMENT_API_KEY
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 SHIPPED = (OrderStatus.SHIPPED.value, None)
@@ -73,7 +75,10 @@ RUN_ENV = {
     "BROKER_CALL_TIMEOUT_SECONDS": "5",
     "BROKER_RECONNECT_MAX_SECONDS": "1",
     "OUTBOX_POLL_INTERVAL_SECONDS": "1",
-    "REACTOR_RETRY_DELAYS_MS": "[250, 1000, 2000]",
+    # The product's own retry budget (1 s, 5 s, 30 s, 30 s: about 66 s over 5 attempts), so that a mail
+    # server down for a minute is waited out, not dead-lettered.
+    "REACTOR_RETRY_DELAYS_MS": "[1000, 5000, 30000]",
+    "REACTOR_MAX_ATTEMPTS": "5",
     # A notifier killed mid-send leaves a claim; the retries above outlast this lease.
     "NOTIFICATION_SEND_LEASE_SECONDS": "2",
     "REACTOR_SHUTDOWN_TIMEOUT_SECONDS": "3",
@@ -131,6 +136,10 @@ BROKER_OUTAGE = "RabbitMQ stop_app/start_app"
 RELAY_KILL = "relay SIGKILL after confirm, before mark"
 DUPLICATES = "duplicate deliveries (republished)"
 POISON = "poison deliveries (malformed)"
+TEMPORAL_RESTART = "Temporal server restarted"
+POSTGRES_RESTART = "PostgreSQL restarted"
+SMTP_OUTAGE = "SMTP server down"
+# The long-outage lane's kinds; a plan without replicas or outages (older runs) plans none of them.
 
 
 def reactor_kill(name: str) -> str:
@@ -150,6 +159,12 @@ class FaultPlan:
     poison_rounds: int = 1  # each round publishes one message of each malformed kind
     quiescence_seconds: float = 150.0
     seed: int = 7
+    # Processes of each kind: workers, relays (PostgreSQL), and of each reactor.
+    replicas: int = 2
+    temporal_restarts: int = 1
+    postgres_restarts: int = 1
+    smtp_outages: int = 1
+    smtp_down_seconds: float = 20.0
 
     @classmethod
     def for_orders(cls, orders: int, **overrides: Any) -> FaultPlan:
@@ -165,6 +180,9 @@ class FaultPlan:
             duplicates=max(6, orders // 10),
             poison_rounds=rounds,
             quiescence_seconds=150.0 + orders * 0.15,
+            # The large run: outages longer than every reconnect and retry bound of the run's settings.
+            broker_down_seconds=3.0 if orders < 200 else 60.0,
+            smtp_down_seconds=20.0 if orders < 200 else 60.0,
         )
         return cls(**{**plan.__dict__, **overrides})
 
@@ -176,6 +194,9 @@ class FaultPlan:
                 RELAY_KILL: self.relay_kills,
                 DUPLICATES: self.duplicates,
                 POISON: self.poison_rounds * len(POISON_KINDS),
+                TEMPORAL_RESTART: self.temporal_restarts,
+                POSTGRES_RESTART: self.postgres_restarts,
+                SMTP_OUTAGE: self.smtp_outages,
             }
         )
         for name in REACTOR_NAMES:
@@ -358,6 +379,7 @@ class FaultRun:
                 extra_env=RUN_ENV,
                 server_extra_flags=(*NAMESPACE_COUNT_FLAG, *FAST_DISPATCH_FLAG),
                 commands=self._commands(),
+                replicas={kind: self.plan.replicas for kind in ("worker", "relay", "reactor")},
             )
             stack = LocalStack(options)
             database = open_database(stack.settings)
@@ -373,6 +395,7 @@ class FaultRun:
                         self._place_orders(http),
                         self._worker_lane(stack, database),
                         self._broker_lane(stack, database, http),
+                        self._outage_lane(stack, database),
                     )
                     if self._tasks:
                         await asyncio.gather(*self._tasks)
@@ -544,6 +567,9 @@ class FaultRun:
 
     async def _sagas_in_flight(self, database: Database) -> tuple[int, int]:
         """(orders not in a terminal state, charges recorded as pending: the provider call is under way)."""
+        return await _retrying(lambda: self._sagas_in_flight_once(database))
+
+    async def _sagas_in_flight_once(self, database: Database) -> tuple[int, int]:
         async with database.sessions() as session:
             open_orders = await _count(
                 session, models.Order, models.Order.status.not_in([s.value for s in TERMINAL_STATUSES])
@@ -582,7 +608,11 @@ class FaultRun:
         """Freeze the reactor (SIGSTOP) until events wait for it, then SIGKILL it: the broker holds
         deliveries it never acked, which must come back to its successor."""
         component = stack.components[f"reactor-{name}"]
-        os.kill(component.pid, signal.SIGSTOP)
+        # Its replicas are frozen too, or they would take the work the frozen one leaves waiting.
+        others = [stack.components[r] for r in stack.replica_names(f"reactor-{name}", "reactor")[1:]]
+        for process in (component, *others):
+            if process.running:
+                os.kill(process.pid, signal.SIGSTOP)
         outstanding = 0
         for _ in range(50):  # up to 5 s frozen, until a few events wait for it
             outstanding = await self._outstanding(database, name)
@@ -590,6 +620,9 @@ class FaultRun:
                 break
             await asyncio.sleep(0.1)
         await stack.kill(f"reactor-{name}")
+        for other in others:
+            if other.running:
+                os.kill(other.pid, signal.SIGCONT)
         await stack.start_component(f"reactor-{name}")
         await stack.wait_for_reactors()
         if outstanding > 0:  # only a kill with work outstanding proves redelivery to the successor
@@ -599,6 +632,9 @@ class FaultRun:
 
     async def _outstanding(self, database: Database, reactor: str) -> int:
         """Events published for this reactor that it has not applied yet."""
+        return await _retrying(lambda: self._outstanding_once(database, reactor))
+
+    async def _outstanding_once(self, database: Database, reactor: str) -> int:
         async with database.sessions() as session:
             published = (
                 await session.scalars(select(OutboxEvent.routing_key).where(OutboxEvent.status == PUBLISHED))
@@ -704,6 +740,91 @@ class FaultRun:
 
     # --- quiescence
 
+    async def _progress_counts(self, database: Database) -> tuple[int, int, list[OutboxEvent], int, int]:
+        """(orders, open orders, outbox rows, inbox rows, ledger rows)."""
+        async with database.sessions() as session:
+            orders = await _count(session, models.Order)
+            open_orders = await _count(
+                session, models.Order, models.Order.status.not_in([s.value for s in TERMINAL_STATUSES])
+            )
+            outbox = list((await session.scalars(select(OutboxEvent))).all())
+            inbox = await _count(session, InboxMessage)
+            ledger = await _count(session, DeliveryRecord)
+        return orders, open_orders, outbox, inbox, ledger
+
+    # --- lane C: long outages (Temporal, PostgreSQL, SMTP)
+
+    async def _outage_lane(self, stack: LocalStack, database: Database) -> None:
+        plan = self.plan
+        steps: list[Callable[[], Awaitable[None]]] = []
+        for n in range(max(plan.temporal_restarts, plan.postgres_restarts, plan.smtp_outages)):
+            if n < plan.temporal_restarts:
+                steps.append(lambda: self._restart_temporal(stack, database))
+            if n < plan.postgres_restarts:
+                steps.append(lambda: self._restart_postgres(database))
+            if n < plan.smtp_outages:
+                steps.append(lambda: self._smtp_outage(stack, database))
+        for n, step in enumerate(steps):
+            await self._at_fraction(0.2 + 0.6 * n / max(1, len(steps)))
+            await step()
+
+    async def _restart_temporal(self, stack: LocalStack, database: Database) -> None:
+        """The dev server stopped and started again on its state file; workers, API and the harness's own
+        client reconnect by themselves."""
+        in_flight, _ = await self._sagas_in_flight(database)
+        started = time.monotonic()
+        server = stack.components["temporal"]
+        await server.stop()
+        await server.start()
+        await stack.wait_for_port(stack.temporal_port, "temporal")
+        await _retrying_any(stack.wait_for_worker)
+        if in_flight:
+            self._fault(
+                TEMPORAL_RESTART, f"{in_flight} sagas open; back in {time.monotonic() - started:.1f} s"
+            )
+        else:
+            self.log("Temporal restart did not bite: no saga open")
+
+    async def _restart_postgres(self, database: Database) -> None:
+        in_flight, _ = await self._sagas_in_flight(database)
+        started = time.monotonic()
+        await pg_restart()
+        await database.engine.dispose()  # the pool's connections died with the server
+        await _retrying(lambda: self._sagas_in_flight_once(database))
+        if in_flight:
+            self._fault(
+                POSTGRES_RESTART, f"{in_flight} sagas open; back in {time.monotonic() - started:.1f} s"
+            )
+        else:
+            self.log("PostgreSQL restart did not bite: no saga open")
+
+    async def _smtp_outage(self, stack: LocalStack, database: Database) -> None:
+        """The mail server down for `smtp_down_seconds`: sends fail and wait in the retry queues."""
+        before = await self._notification_retries(database)
+        smtp = stack.components["smtp"]
+        await smtp.stop()
+        self.log("SMTP server stopped")
+        await asyncio.sleep(self.plan.smtp_down_seconds)
+        failed = await self._notification_retries(database) - before
+        await smtp.start()
+        await stack.wait_for_port(stack.smtp_port, "smtp")
+        if failed:
+            self._fault(SMTP_OUTAGE, f"{self.plan.smtp_down_seconds:.0f} s down, {failed} sends retried")
+        else:
+            self.log("SMTP outage did not bite: no send failed")
+
+    async def _notification_retries(self, database: Database) -> int:
+        async def read() -> int:
+            async with database.sessions() as session:
+                return await _count(
+                    session,
+                    DeliveryRecord,
+                    DeliveryRecord.consumer == "notification",
+                    DeliveryRecord.outcome == DeliveryOutcome.RETRY_SCHEDULED,
+                )
+
+        return await _retrying(read)
+
     async def _quiesce(self, stack: LocalStack, database: Database) -> tuple[bool, dict[str, int]]:
         """Wait until nothing moves: orders terminal, outbox published, inboxes complete, queues empty.
         Returns (reached within the plan's bound, the last queue depths)."""
@@ -719,14 +840,12 @@ class FaultRun:
         previous: tuple[int, ...] | None = None
         depths: dict[str, int] = {}
         while True:
-            async with database.sessions() as session:
-                orders = await _count(session, models.Order)
-                open_orders = await _count(
-                    session, models.Order, models.Order.status.not_in([s.value for s in TERMINAL_STATUSES])
-                )
-                outbox = (await session.scalars(select(OutboxEvent))).all()
-                inbox = await _count(session, InboxMessage)
-                ledger = await _count(session, DeliveryRecord)
+            try:
+                snapshot_of_db = await _retrying(lambda: self._progress_counts(database))
+            except DBAPIError as err:
+                self.log(f"database unreadable: {err!r}")
+                return False, depths
+            orders, open_orders, outbox, inbox, ledger = snapshot_of_db
             expected_inbox = sum(len(routes(row.routing_key)) for row in outbox)
             pending = sum(row.status != PUBLISHED for row in outbox)
             try:
@@ -762,6 +881,51 @@ class FaultRun:
             await asyncio.sleep(1.0)
 
 
+async def _retrying(read: Callable[[], Awaitable[T]], within: float = 60.0) -> T:
+    """A read of the harness's own that rides out a database restart (the pool's connections die with it)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        try:
+            return await read()
+        except (DBAPIError, OSError):
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+async def _retrying_any(wait: Callable[[], Awaitable[None]], within: float = 90.0) -> None:
+    """`wait` again until it returns, whatever it raised meanwhile (a server still coming back)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        try:
+            await wait()
+            return
+        except Exception:
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+async def pg_restart() -> None:
+    """Restart the local PostgreSQL cluster (Debian's pg_ctlcluster, as .ci/run starts it)."""
+    versions = sorted(Path("/etc/postgresql").iterdir())
+    ctl = shutil.which("pg_ctlcluster") or "/usr/bin/pg_ctlcluster"
+    process = await asyncio.create_subprocess_exec(
+        ctl,
+        "--skip-systemctl-redirect",
+        versions[-1].name,
+        "main",
+        "restart",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), 120)
+    if process.returncode != 0:
+        raise RuntimeError(f"pg_ctlcluster restart failed: {output.decode(errors='replace')}")
+
+
 async def _count(session: Any, model: type[Any], *conditions: Any) -> int:
     return int(await session.scalar(select(func.count()).select_from(model).where(*conditions)) or 0)
 
@@ -792,6 +956,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duplicates", type=int)
     parser.add_argument("--poison-rounds", type=int)
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--replicas", type=int, help="processes of each worker, relay and reactor")
+    parser.add_argument("--temporal-restarts", type=int)
+    parser.add_argument("--postgres-restarts", type=int)
+    parser.add_argument("--smtp-outages", type=int)
+    parser.add_argument("--broker-down-seconds", type=float)
+    parser.add_argument("--smtp-down-seconds", type=float)
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) even on success")
     parser.add_argument(
         "--broken",
