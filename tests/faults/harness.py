@@ -182,7 +182,7 @@ class FaultPlan:
             quiescence_seconds=150.0 + orders * 0.15,
             # The large run: outages longer than every reconnect and retry bound of the run's settings.
             broker_down_seconds=3.0 if orders < 200 else 60.0,
-            smtp_down_seconds=20.0 if orders < 200 else 60.0,
+            smtp_down_seconds=15.0 if orders < 200 else 60.0,
         )
         return cls(**{**plan.__dict__, **overrides})
 
@@ -246,6 +246,8 @@ class Report:
     namespace: str
     crashed: dict[str, list[int]] = field(default_factory=dict)
     quiesced: bool = True
+    # POSTs retried with the same Idempotency-Key after a 5xx or a lost connection (each accepted in the end)
+    client_retries: int = 0
 
     @property
     def faults_complete(self) -> bool:
@@ -279,6 +281,8 @@ class Report:
             f"(database {self.database}, broker namespace {self.namespace})",
             "Orders by path:  " + ", ".join(f"{name} {count}" for name, count in by_path.items()),
             "Cancels:         " + ", ".join(f"{answer} {count}" for answer, count in cancels.items()),
+            f"Client retries:  {self.client_retries} POSTs retried with the same Idempotency-Key after a 5xx "
+            "or a lost connection, every one accepted in the end",
             "Faults injected (done/planned):",
         ]
         planned = self.plan.planned()
@@ -364,6 +368,7 @@ class FaultRun:
         self._started = time.monotonic()
         self._broker_stopped = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self.client_retries = 0
 
     # --- the run
 
@@ -431,6 +436,7 @@ class FaultRun:
                 options.namespace,
                 crashed,
                 quiesced,
+                self.client_retries,
             )
 
     def _commands(self) -> dict[str, tuple[str, ...]]:
@@ -501,6 +507,7 @@ class FaultRun:
             try:
                 response = await http.post("/orders", json=order.body(), headers={"Idempotency-Key": key})
             except httpx.HTTPError:
+                self.client_retries += 1
                 await asyncio.sleep(0.5)
                 continue
             if response.status_code == 202:
@@ -508,6 +515,7 @@ class FaultRun:
                 break
             if response.status_code not in (409, 500, 502, 503):  # only those are worth the same key again
                 raise RuntimeError(f"POST /orders answered {response.status_code}: {response.text}")
+            self.client_retries += 1
             await asyncio.sleep(0.5)
         else:
             raise RuntimeError("POST /orders kept failing")
