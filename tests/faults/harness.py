@@ -369,6 +369,7 @@ class FaultRun:
         self._broker_stopped = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.client_retries = 0
+        self._http: httpx.AsyncClient | None = None
 
     # --- the run
 
@@ -395,6 +396,7 @@ class FaultRun:
                 await stack.start()
                 self.log(f"stack up: API {stack.api_url}, Temporal {stack.temporal_address}")
                 async with httpx.AsyncClient(base_url=stack.api_url, timeout=60, headers=AUTH) as http:
+                    self._http = http
                     await self._add_products(http)
                     await asyncio.gather(
                         self._place_orders(http),
@@ -621,11 +623,17 @@ class FaultRun:
         for process in (component, *others):
             if process.running:
                 os.kill(process.pid, signal.SIGSTOP)
-        outstanding = 0
-        for _ in range(50):  # up to 5 s frozen, until a few events wait for it
+        outstanding, nudged = 0, False
+        for attempt in range(200):  # up to 20 s frozen, until a few events wait for it
             outstanding = await self._outstanding(database, name)
-            if outstanding >= 3:
+            if outstanding >= 3 or (nudged and outstanding >= 1 and attempt >= 100):
                 break
+            if attempt == 10 and outstanding < 3 and self._http is not None:
+                # Late in the run nothing may be flowing any more: two more orders give it work.
+                nudged = True
+                for n in range(2):
+                    extra = PlacedOrder(len(self.orders) + 20_000 + n, PATHS[0], "cust-nudge")
+                    self._track(self._place(self._http, extra))
             await asyncio.sleep(0.1)
         await stack.kill(f"reactor-{name}")
         for other in others:
