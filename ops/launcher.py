@@ -94,12 +94,19 @@ async def empty_database(backend: str, workdir: Path) -> AsyncIterator[str]:
         yield f"sqlite+aiosqlite:///{workdir / 'orders.db'}"
         return
     name = "saga_test_" + uuid.uuid4().hex[:12]
-    admin = await asyncpg.connect(POSTGRES_ADMIN_DSN)
+    await _admin(f'CREATE DATABASE "{name}"')
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
         yield POSTGRES_URL_TEMPLATE.format(name=name)
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        # A connection of its own: one held across the run would not survive a server restart.
+        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def _admin(statement: str) -> None:
+    admin = await asyncpg.connect(POSTGRES_ADMIN_DSN)
+    try:
+        await admin.execute(statement)
+    finally:
         await admin.close()
 
 

@@ -60,7 +60,14 @@ from ops.launcher import (
 )
 from reactors.models import DeliveryOutcome, DeliveryRecord, InboxMessage
 from tests.faults.broken import VARIANTS
-from tests.faults.invariants import Expectations, Invariant, PlacedSpec, check_all, routes
+from tests.faults.invariants import (
+    Expectations,
+    Invariant,
+    PlacedSpec,
+    check_all,
+    read_provider_journal,
+    routes,
+)
 from tests.support import empty_database, migrate
 
 T = TypeVar("T")
@@ -75,15 +82,17 @@ RUN_ENV = {
     "BROKER_CALL_TIMEOUT_SECONDS": "5",
     "BROKER_RECONNECT_MAX_SECONDS": "1",
     "OUTBOX_POLL_INTERVAL_SECONDS": "1",
-    # The product's own retry budget (1 s, 5 s, 30 s, 30 s: about 66 s over 5 attempts), so that a mail
-    # server down for a minute is waited out, not dead-lettered.
-    "REACTOR_RETRY_DELAYS_MS": "[1000, 5000, 30000]",
+    # About 12 s of retries over 5 attempts: a database restart (a few seconds) is waited out.
+    "REACTOR_RETRY_DELAYS_MS": "[500, 2000, 5000]",
     "REACTOR_MAX_ATTEMPTS": "5",
     # A notifier killed mid-send leaves a claim; the retries above outlast this lease.
     "NOTIFICATION_SEND_LEASE_SECONDS": "2",
     "REACTOR_SHUTDOWN_TIMEOUT_SECONDS": "3",
     "WORKER_SHUTDOWN_GRACE_SECONDS": "2",
 }
+# With the mail server down for a minute: the product's own retry budget (1 s, 5 s, 30 s, 30 s, about 66 s
+# over 5 attempts), so that the outage is waited out, not dead-lettered.
+LONG_OUTAGE_ENV = {"REACTOR_RETRY_DELAYS_MS": "[1000, 5000, 30000]"}
 
 
 @dataclass(frozen=True)
@@ -182,7 +191,9 @@ class FaultPlan:
             quiescence_seconds=150.0 + orders * 0.15,
             # The large run: outages longer than every reconnect and retry bound of the run's settings.
             broker_down_seconds=3.0 if orders < 200 else 60.0,
-            smtp_down_seconds=15.0 if orders < 200 else 60.0,
+            # The mail server's outage only in the large run: its retries would double the CI size's time.
+            smtp_outages=0 if orders < 200 else 1,
+            smtp_down_seconds=60.0,
         )
         return cls(**{**plan.__dict__, **overrides})
 
@@ -382,7 +393,7 @@ class FaultRun:
                 database_url=url,
                 namespace="faults-" + uuid.uuid4().hex[:10],
                 log_level="INFO",
-                extra_env=RUN_ENV,
+                extra_env={**RUN_ENV, **(LONG_OUTAGE_ENV if self.plan.smtp_outages else {})},
                 server_extra_flags=(*NAMESPACE_COUNT_FLAG, *FAST_DISPATCH_FLAG),
                 commands=self._commands(),
                 replicas={kind: self.plan.replicas for kind in ("worker", "relay", "reactor")},
@@ -562,15 +573,27 @@ class FaultRun:
             await self._at_fraction((n + 0.6) / (kills + 0.5))
             for _ in range(3):
                 in_flight, charging = await self._sagas_in_flight(database)
-                for _ in range(100):  # aim for a charge in the middle of its provider call
-                    if charging:
+                # Best: the provider charged and its answer is on the way back (a lost answer); else any
+                # charge inside its provider call.
+                in_transit = 0
+                for _ in range(150):
+                    in_transit = await self._answers_in_transit(database)
+                    if in_transit:
+                        break
+                    await asyncio.sleep(0.02)
+                for _ in range(100):
+                    if charging or in_transit:
                         break
                     await asyncio.sleep(0.1)
                     in_flight, charging = await self._sagas_in_flight(database)
                 await stack.kill("worker")
                 await stack.start_component("worker")
-                if charging:
-                    self._fault(WORKER_KILL, f"{in_flight} sagas open, {charging} charging")
+                if charging or in_transit:
+                    self._fault(
+                        WORKER_KILL,
+                        f"{in_flight} sagas open, {max(charging, in_transit)} charging, "
+                        f"{in_transit} charged at the provider with the answer in transit",
+                    )
                     break
                 self.log(f"worker kill did not bite (no charge in flight, {in_flight} sagas open)")
                 await stack.wait_for_worker()
@@ -578,6 +601,21 @@ class FaultRun:
     async def _sagas_in_flight(self, database: Database) -> tuple[int, int]:
         """(orders not in a terminal state, charges recorded as pending: the provider call is under way)."""
         return await _retrying(lambda: self._sagas_in_flight_once(database))
+
+    async def _answers_in_transit(self, database: Database) -> int:
+        """Charges the provider made (its journal) that the database still has `pending`."""
+        charged, _ = read_provider_journal(self.journal)
+        if not charged:
+            return 0
+
+        async def pending() -> set[str]:
+            async with database.sessions() as session:
+                keys = await session.scalars(
+                    select(models.Payment.idempotency_key).where(models.Payment.status == "pending")
+                )
+                return set(keys)
+
+        return len(set(charged) & await _retrying(pending))
 
     async def _sagas_in_flight_once(self, database: Database) -> tuple[int, int]:
         async with database.sessions() as session:
