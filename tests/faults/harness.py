@@ -191,8 +191,10 @@ class FaultPlan:
             quiescence_seconds=150.0 + orders * 0.15,
             # The large run: outages longer than every reconnect and retry bound of the run's settings.
             broker_down_seconds=3.0 if orders < 200 else 60.0,
-            # The mail server's outage only in the large run: its retries would double the CI size's time.
+            # The mail server's outage and the database restart only in the large run: the retries they cause
+            # would double the CI size's time.
             smtp_outages=0 if orders < 200 else 1,
+            postgres_restarts=0 if orders < 200 else 1,
             smtp_down_seconds=60.0,
         )
         return cls(**{**plan.__dict__, **overrides})
