@@ -1,7 +1,8 @@
 """The fault-injection harness, bounded for CI, and the checker's own ability to fail on real records.
 
-`pytest -m faults` runs about 60 orders through the real processes while the worker, the reactors, the relay
-and RabbitMQ are killed or stopped, then holds the system to its invariants (about a minute here).
+`pytest -m faults` runs about 60 orders through the real processes (two of each worker, relay and reactor)
+while the worker, the reactors, the relay, RabbitMQ and the Temporal server are killed, stopped or restarted,
+then holds the system to its invariants (about a minute here).
 `test_checker.py` shows every sub-check failing on records broken for it; the test below shows that what
 `collect_database` reads from a real database is what the checks see.
 """
