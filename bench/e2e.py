@@ -4,7 +4,7 @@
     python -m bench.e2e --e2e-orders 600 --steady-seconds 60 --reactor-messages 5000
 
 One run, one fresh PostgreSQL database, one Temporal dev server (the Procfile's flags), every component in
-its own process (`tests.faults.stack`), measured in this order:
+its own process (`ops.launcher`), measured in this order:
 
 1. The floor: `bench.bare.BareWorkflow` (three no-op activities) on the same dev server, served by its own
    worker process: maximum throughput (a burst), then latency at half that rate. For reference the same burst
@@ -52,15 +52,19 @@ from infra import models
 from infra.db import Database, open_database
 from infra.settings import Settings
 from messaging.broker import close_quietly, connect
-from reactors.models import DeliveryOutcome, DeliveryRecord, InboxMessage
-from tests.faults.stack import (
+from ops.launcher import (
     NAMESPACE_COUNT_FLAG,
     REACTOR_NAMES,
+    ROOT,
     LocalStack,
     StackOptions,
+    empty_database,
+    executable,
+    free_port,
+    migrate,
     peak_rss_bytes,
 )
-from tests.support import ROOT, empty_database, executable, free_port, migrate
+from reactors.models import DeliveryOutcome, DeliveryRecord, InboxMessage
 
 RESULTS = ROOT / "results"
 AUTH = {"Authorization": f"Bearer {Settings.DEVELOPMENT_API_KEY}"}

