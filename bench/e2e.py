@@ -684,7 +684,7 @@ async def what_if(bench: Bench, stack: LocalStack, args: argparse.Namespace) -> 
     queue, port = "orders-whatif-" + uuid.uuid4().hex[:6], free_port()
     env = {"TEMPORAL_TASK_QUEUE": queue, "API_PORT": str(port)}
     worker = stack.python_component("whatif-worker", "bench.whatif", env=env)
-    api = stack.python_component("whatif-api", "api", env=env)
+    api = stack.python_component("whatif-api", "entrypoints.api", env=env)
     await worker.start()
     await api.start()
     url = f"http://127.0.0.1:{port}"
