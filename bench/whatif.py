@@ -4,7 +4,7 @@
 
 Not the service's workflow (orchestrator/workflow.py is unchanged): a subclass of `OrderWorkflow`, registered
 under the same name on a task queue of its own, with the same activities, timeouts and retry policies. Two
-changes only: `_step` and `_compensate` run the activities as local activities (no activity task, no server
+changes only: `_execute` runs the steps and compensations as local activities (no activity task, no server
 round trip per step), and `_advance` keeps the status for the query without upserting `OrderStatus`.
 
 Its histories differ from the real saga's (markers instead of activity tasks, no upserts), so it cannot
@@ -21,12 +21,13 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
+from temporalio.common import RetryPolicy
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from activities.messages import OrderRef, OrderSagaInput, OrderSagaResult, StepOutcome
     from domain.model import OrderStatus
-    from orchestrator.workflow import COMPENSATION_RETRY, STEP_RETRY, STEP_TIMEOUT, OrderWorkflow
+    from orchestrator.workflow import STEP_TIMEOUT, OrderWorkflow
 
 
 @workflow.defn(name="OrderWorkflow")
@@ -35,23 +36,19 @@ class LocalStepsOrderWorkflow(OrderWorkflow):
     async def run(self, saga: OrderSagaInput) -> OrderSagaResult:
         return await super().run(saga)
 
-    async def _step(self, activity: Callable[..., Awaitable[StepOutcome]], order: OrderRef) -> StepOutcome:
-        outcome = await workflow.execute_local_activity_method(
+    async def _execute(
+        self,
+        activity: Callable[..., Awaitable[StepOutcome]],
+        order: OrderRef,
+        retry_policy: RetryPolicy,
+        cancellation_type: ActivityCancellationType,
+    ) -> StepOutcome:
+        return await workflow.execute_local_activity_method(
             activity,
             order,
             start_to_close_timeout=STEP_TIMEOUT,
-            retry_policy=STEP_RETRY,
-            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-        )
-        if workflow.cancellation_reason() is not None:
-            raise asyncio.CancelledError
-        return outcome
-
-    async def _compensate(
-        self, activity: Callable[..., Awaitable[StepOutcome]], order: OrderRef
-    ) -> StepOutcome:
-        return await workflow.execute_local_activity_method(
-            activity, order, start_to_close_timeout=STEP_TIMEOUT, retry_policy=COMPENSATION_RETRY
+            retry_policy=retry_policy,
+            cancellation_type=cancellation_type,
         )
 
     def _advance(self, status: OrderStatus) -> None:

@@ -177,14 +177,10 @@ class OrderWorkflow:
             )
 
     async def _step(self, activity: Callable[..., Awaitable[StepOutcome]], order: OrderRef) -> StepOutcome:
-        outcome = await workflow.execute_activity_method(
-            activity,
-            order,
-            start_to_close_timeout=STEP_TIMEOUT,
-            retry_policy=STEP_RETRY,
-            # A cancelled workflow waits for the running step to end before compensating, so a
-            # late commit of that step cannot slip in after its compensation ran.
-            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        # A cancelled workflow waits for the running step to end before compensating, so a late commit of
+        # that step cannot slip in after its compensation ran.
+        outcome = await self._execute(
+            activity, order, STEP_RETRY, ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
         )
         # A step that finished despite a cancel of the workflow returns its result instead of
         # raising, so the cancel would be lost; honour it here.
@@ -219,11 +215,22 @@ class OrderWorkflow:
     async def _compensate(
         self, activity: Callable[..., Awaitable[StepOutcome]], order: OrderRef
     ) -> StepOutcome:
+        return await self._execute(activity, order, COMPENSATION_RETRY, ActivityCancellationType.TRY_CANCEL)
+
+    async def _execute(
+        self,
+        activity: Callable[..., Awaitable[StepOutcome]],
+        order: OrderRef,
+        retry_policy: RetryPolicy,
+        cancellation_type: ActivityCancellationType,
+    ) -> StepOutcome:
+        """Run a step or compensation as an activity task (bench/whatif.py overrides this alone)."""
         return await workflow.execute_activity_method(
             activity,
             order,
             start_to_close_timeout=STEP_TIMEOUT,
-            retry_policy=COMPENSATION_RETRY,
+            retry_policy=retry_policy,
+            cancellation_type=cancellation_type,
         )
 
     async def _unwind(self, compensations: Compensations, ending: _Ending) -> None:
