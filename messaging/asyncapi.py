@@ -21,6 +21,7 @@ from pydantic.json_schema import models_json_schema
 from contracts.envelope import ORDER_EVENTS_SOURCE, STRUCTURED_CONTENT_TYPE, CloudEvent, EventType
 from contracts.orders import EVENT_TYPES
 from infra.settings import Settings
+from messaging import headers
 from messaging.topology import Topology
 
 ASYNCAPI_VERSION = "3.0.0"
@@ -281,7 +282,7 @@ def _message(event_type: EventType) -> dict[str, Any]:
                     "description": "W3C trace context of the order's placement (when tracing is on).",
                 },
                 "tracestate": {"type": "string"},
-                "x-attempt": {"type": "integer", "description": "Set on redeliveries from a wait queue."},
+                headers.ATTEMPT: {"type": "integer", "description": "Set on redeliveries from a wait queue."},
             },
         },
         "payload": {"$ref": SCHEMA_REF.format(model=_event_schema_name(event_type))},
