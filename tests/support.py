@@ -16,7 +16,7 @@ from domain.model import PlaceOrder, RequestedItem, ShippingAddress
 from infra import models
 from infra.db import Database, open_database
 from infra.settings import Settings, load_settings
-from ops.launcher import ROOT, alembic_config, empty_database, executable, free_port, migrate
+from ops.provisioning import ROOT, alembic_config, empty_database, executable, free_port, migrate
 
 # The launcher's helpers, shared with the tools (bench/) that may not import tests.
 __all__ = ["ROOT", "alembic_config", "empty_database", "executable", "free_port", "migrate"]

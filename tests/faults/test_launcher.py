@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from ops.launcher import Component, LocalStack, StackOptions, free_port
+from ops.launcher import LocalStack, StackOptions
+from ops.processes import Component
+from ops.provisioning import free_port
 
 pytestmark = pytest.mark.integration
 

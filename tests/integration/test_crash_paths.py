@@ -31,9 +31,8 @@ from ops.launcher import (
     NAMESPACE_COUNT_FLAG,
     LocalStack,
     StackOptions,
-    empty_database,
-    migrate,
 )
+from ops.provisioning import empty_database, migrate
 from reactors.notification.models import Notification
 from tests.faults.invariants import read_provider_journal
 from tests.faults.provider_worker import TOKEN_ANSWER_LOST, TOKEN_LATE
