@@ -9,12 +9,14 @@ from pydantic import ValidationError
 
 from api.app import create_app
 from api.security import uses_development_key
+from entrypoints.process import command_line
 from infra.settings import load_settings
 from observability import tracing
 from observability.logs import configure_logging
 
 
 def main() -> None:
+    command_line("python -m entrypoints.api", __doc__).parse_args()
     try:
         settings = load_settings()
     except ValidationError as err:

@@ -3,14 +3,26 @@ SIGINT/SIGTERM asks it to stop, then shut down gracefully."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from infra.settings import Settings
 from observability import tracing
 from observability.logs import configure_logging
 from observability.metrics import serve_metrics
+
+
+def command_line(prog: str, doc: str | None, argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of a process's command line: `--help` prints `doc` and exits, as every command should;
+    the caller adds its arguments, if any, then parses `argv` (default: sys.argv[1:])."""
+    return argparse.ArgumentParser(
+        prog=prog,
+        description=doc,
+        epilog="Configured by the environment and .env (see .env.example).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def run_until_signalled(

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from collections.abc import Sequence
 
 from entrypoints.bootstrap import reactor_runtimes
-from entrypoints.process import run_until_signalled
+from entrypoints.process import command_line, run_until_signalled
 from infra.db import open_database
 from infra.settings import Settings, load_settings
 from messaging.asyncapi import check_acyclic
@@ -38,7 +37,15 @@ async def run_reactors(settings: Settings, reactors: Sequence[Reactor], stop: as
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    names = list(sys.argv[1:] if argv is None else argv)
+    parser = command_line("python -m entrypoints.reactors", __doc__)
+    parser.add_argument(
+        "names",
+        nargs="*",
+        choices=[reactor.name for reactor in REACTORS],
+        metavar="REACTOR",
+        help="reactors to run (default: every registered one: %(choices)s)",
+    )
+    names = parser.parse_args(argv).names
     reactors = [reactor_named(name) for name in names] if names else list(REACTORS)
     settings = load_settings()
     run_until_signalled(

@@ -6,7 +6,7 @@ import asyncio
 import logging
 
 from entrypoints.bootstrap import outbox_relay
-from entrypoints.process import run_until_signalled
+from entrypoints.process import command_line, run_until_signalled
 from infra.db import open_database
 from infra.settings import load_settings
 from messaging.topology import Topology
@@ -15,6 +15,7 @@ log = logging.getLogger("entrypoints.relay")
 
 
 def main() -> None:
+    command_line("python -m entrypoints.relay", __doc__).parse_args()
     settings = load_settings()
 
     async def serve(stop: asyncio.Event) -> None:

@@ -8,6 +8,7 @@ import signal
 import threading
 from pathlib import Path
 
+from entrypoints.process import command_line
 from infra.settings import load_settings
 from observability.logs import configure_logging
 from reactors.notification.smtp_sink import SmtpSink
@@ -16,6 +17,7 @@ log = logging.getLogger("entrypoints.smtp_sink")
 
 
 def main() -> None:
+    command_line("python -m entrypoints.smtp_sink", __doc__).parse_args()
     settings = load_settings()
     configure_logging(settings)
     sink = SmtpSink(settings.smtp_host, settings.smtp_port, Path(settings.smtp_sink_maildir))

@@ -16,7 +16,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from entrypoints.bootstrap import worker_activities
-from entrypoints.process import run_until_signalled
+from entrypoints.process import command_line, run_until_signalled
 from infra.db import Database, open_database
 from infra.settings import Settings, load_settings
 from observability import tracing
@@ -62,6 +62,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
 
 
 def main() -> None:
+    command_line("python -m entrypoints.worker", __doc__).parse_args()
     settings = load_settings()
     run_until_signalled(
         settings, "worker", lambda stop: run_worker(settings, stop), metrics_port=settings.worker_metrics_port

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     temporal_address: str = "localhost:7233"
     temporal_namespace: str = "default"
     temporal_task_queue: str = "orders"
+    # Where operators open the Temporal Web UI (links printed by `make run` and the demo; the local
+    # stack's dev server serves it on this port).
+    temporal_ui_url: str = "http://127.0.0.1:8233"
     # TLS with the system's CAs; implied by any option below (as the Temporal CLI does).
     temporal_tls: bool = False
     # PEM of the CA that signed the server's certificate (a self-hosted cluster's own CA), by path or inline.

@@ -70,7 +70,7 @@ def place(
     item: Annotated[list[str], typer.Option(help="SKU:QUANTITY, repeatable.")],
     customer_id: str = "cust-cli",
     email: str = "customer@example.com",
-    token: Annotated[str, typer.Option(help="tok_ok, tok_declined or tok_flaky.")] = "tok_ok",
+    token: Annotated[str, typer.Option(help="tok_ok, tok_declined, tok_flaky or tok_hold.")] = "tok_ok",
     country: Annotated[str, typer.Option(help="ISO 3166 alpha-2; ZZ cannot be shipped to.")] = "DE",
     idempotency_key: Annotated[str | None, typer.Option(help="Default: a new random key.")] = None,
     api_url: ApiUrl = None,
@@ -206,7 +206,7 @@ async def _retention_run() -> RetentionReport:
 def run_demo(api_url: ApiUrl = None, api_key: ApiKey = None) -> None:
     """Seed a catalogue, place an order down every path, show outcomes and the reactors' effects."""
     with _api(api_url, api_key) as api:
-        demo.run(api, console)
+        demo.run(api, console, load_settings().temporal_ui_url)
 
 
 def _money(order: dict[str, Any]) -> str:

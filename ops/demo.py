@@ -93,7 +93,7 @@ def _wait_until(check: Any, what: str, console: Console) -> None:
         time.sleep(0.3)
 
 
-def run(api: OrdersApi, console: Console) -> None:
+def run(api: OrdersApi, console: Console, temporal_ui_url: str) -> None:
     console.rule("1. catalogue")
     for sku, name, price, stock in CATALOGUE:
         api.ensure_product(sku, name, price, "EUR", stock)
@@ -142,5 +142,5 @@ def run(api: OrdersApi, console: Console) -> None:
         revenue = amount_text(sku["revenue"], sku["currency"])
         console.print(f"    {sku['sku']:<10} {sku['units']:>4} units  {revenue:>13}")
     console.print(
-        "\nFollow any order in the Temporal Web UI: http://127.0.0.1:8233 (search OrderStatus, CustomerId)"
+        f"\nFollow any order in the Temporal Web UI: {temporal_ui_url} (search OrderStatus, CustomerId)"
     )

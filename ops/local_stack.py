@@ -73,7 +73,7 @@ def banner(settings: Settings) -> str:
         "",
         "Order saga: local stack",
         f"  API              {api}   (OpenAPI docs: {api}/docs)",
-        "  Temporal Web UI  http://127.0.0.1:8233",
+        f"  Temporal Web UI  {settings.temporal_ui_url}",
         f"  Database         {settings.database_url}",
         f"  RabbitMQ         {broker.hostname}:{broker.port or 5672}",
         f"  Mail sink        {settings.smtp_host}:{settings.smtp_port} -> {settings.smtp_sink_maildir}",
@@ -84,15 +84,25 @@ def banner(settings: Settings) -> str:
     return "\n".join(lines)
 
 
+def procfile_env(settings: Settings) -> str:
+    """The Procfile's own variables, from the settings: the dev server's ports follow TEMPORAL_ADDRESS and
+    TEMPORAL_UI_URL, so a second stack on other ports needs only those two (and API_PORT)."""
+    frontend = urlsplit(f"//{settings.temporal_address}").port or 7233
+    ui = urlsplit(settings.temporal_ui_url).port or 8233
+    return f"TEMPORAL_PORT={frontend}\nTEMPORAL_UI_PORT={ui}\n"
+
+
 def main() -> None:
     settings = load_settings()
     ensure_broker(settings)
     prepare_var()
     migrate(settings)
     print(banner(settings), flush=True)
+    env_file = ROOT / "var" / "procfile.env"
+    env_file.write_text(procfile_env(settings))
     honcho = Path(sys.executable).with_name("honcho")
     os.chdir(ROOT)
-    os.execv(honcho, [str(honcho), "start", "-f", "Procfile"])
+    os.execv(honcho, [str(honcho), "start", "-f", "Procfile", "-e", str(env_file)])
 
 
 if __name__ == "__main__":

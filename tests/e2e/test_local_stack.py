@@ -3,8 +3,8 @@
 The launcher (`python -m ops.local_stack`: broker check, `var/`, migrations, then honcho with the
 Procfile) runs in a copy of the tracked files, as a fresh clone has them (no `var/`, no `.env`), with
 this virtual environment linked in. Only what isolates it from the machine's other stacks is changed:
-free ports (the Procfile's Temporal ports are rewritten in the copy), its own broker namespace. The
-stack must answer /readyz 200, database, Temporal and broker all reachable.
+free ports (TEMPORAL_ADDRESS and TEMPORAL_UI_URL move the dev server's ports), its own broker namespace.
+The stack must answer /readyz 200, database, Temporal and broker all reachable.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from tests.support import ROOT, empty_database, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-PROCFILE_TEMPORAL_PORTS = "--port 7233 --ui-port 8233"
 READY_WITHIN_SECONDS = 180
 
 
@@ -63,15 +62,13 @@ class Stack:
 async def local_stack(clone: Path, database_url: str | None) -> AsyncIterator[Stack]:
     """Run the launcher in `clone` until the block ends."""
     temporal_port, ui_port, api_port = free_port(), free_port(), free_port()
-    procfile = clone / "Procfile"
-    text = procfile.read_text()
-    assert PROCFILE_TEMPORAL_PORTS in text, "the Procfile's Temporal ports changed: update this test"
-    procfile.write_text(text.replace(PROCFILE_TEMPORAL_PORTS, f"--port {temporal_port} --ui-port {ui_port}"))
     namespace = "stack-" + uuid.uuid4().hex[:10]
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(clone),
+        # The dev server's ports follow these two: no other stack's ports are touched.
         "TEMPORAL_ADDRESS": f"127.0.0.1:{temporal_port}",
+        "TEMPORAL_UI_URL": f"http://127.0.0.1:{ui_port}",
         "API_PORT": str(api_port),
         "SMTP_PORT": str(free_port()),
         "WORKER_METRICS_PORT": "0",

@@ -1,7 +1,7 @@
 """Seeing across the seam, end to end: the REAL Temporal dev server, PostgreSQL and RabbitMQ.
 
 Each test runs the whole pipeline in process, wired as the entrypoints wire it: the API app, a worker from
-`orchestrator.worker.build_worker` (with its step-metrics interceptor), the outbox relay and the three
+`entrypoints.worker.build_worker` (with its step-metrics interceptor), the outbox relay and the three
 reactors. It checks the per-order timeline (API and console script), the one-trace-id chain and /metrics.
 """
 

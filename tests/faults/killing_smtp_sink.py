@@ -2,7 +2,7 @@
 
     python -m tests.faults.killing_smtp_sink PID_FILE
 
-Same as `python -m reactors.notification.smtp_sink`, except that once PID_FILE exists, the next mail the sink
+Same as `python -m entrypoints.smtp_sink`, except that once PID_FILE exists, the next mail the sink
 stores makes it SIGKILL the process whose id the file holds (the notifier) and delete the file: the mail was
 accepted, the notifier never learns it and never marks it `sent`, the documented crash window.
 """

@@ -2,7 +2,7 @@
 
     python -m tests.faults.provider_worker JOURNAL_FILE
 
-Same settings, workflow, activities and shutdown as `python -m orchestrator.worker`; the only difference is
+Same settings, workflow, activities and shutdown as `python -m entrypoints.worker`; the only difference is
 the payment gateway: `JournaledPaymentGateway` keeps what the provider did (charges and refunds, by
 idempotency key) in JOURNAL_FILE, one JSON line each, written and fsynced *inside* the provider call, before
 its answer travels back (the second half of the simulated latency). A worker SIGKILLed in that window leaves
@@ -123,7 +123,7 @@ def main() -> None:
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)  # as orchestrator.worker: skip finalization under the SDK's native threads
+    os._exit(0)  # as entrypoints.worker: skip finalization under the SDK's native threads
 
 
 if __name__ == "__main__":

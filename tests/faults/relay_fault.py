@@ -2,7 +2,7 @@
 
     python -m tests.faults.relay_fault MARKER_FILE
 
-Same settings, topology and `OutboxRelay` as `python -m messaging.relay`; the only difference is the relay's
+Same settings, topology and `OutboxRelay` as `python -m entrypoints.relay`; the only difference is the relay's
 own test seam, `after_confirm`, which runs after the broker confirmed a message and before its outbox row is
 marked published. There it writes the event id to MARKER_FILE and kills its own process, so the row stays
 pending and is published again by the next relay (at least once; the reactors' inboxes absorb the copy).
