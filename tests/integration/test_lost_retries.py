@@ -24,12 +24,14 @@ from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from contracts.envelope import CloudEvent, encode_event
+from contracts.envelope import CloudEvent, ReceivedEvent, encode_event
 from infra.models import utcnow
 from messaging.broker import close_quietly, connect
 from messaging.models import PUBLISHED, OutboxEvent
 from messaging.topology import Topology
+from reactors.base import Reactor
 from reactors.models import DeliveryOutcome, InboxMessage
 from reactors.notification.models import SENT, Notification
 from reactors.notification.reactor import REACTOR as NOTIFICATION
@@ -55,9 +57,11 @@ def broker_restorer() -> Iterator[None]:
         rabbitmqctl("await_startup")
 
 
-async def start_notifier_with_an_outbox_event(events: EventStack, customer_id: str) -> CloudEvent:
-    """The notification reactor with one 3 s wait queue and a quick sweep; an event in the outbox as the
-    relay leaves it (published)."""
+async def start_notifier_with_an_outbox_event(
+    events: EventStack, customer_id: str, reactor: Reactor = NOTIFICATION
+) -> CloudEvent:
+    """A reactor (the notification one unless told) with one 3 s wait queue and a quick sweep; an event in
+    the outbox as the relay leaves it (published)."""
     events.settings = events.settings.model_copy(
         update={
             "reactor_retry_delays_ms": [WAIT_MS],
@@ -67,7 +71,7 @@ async def start_notifier_with_an_outbox_event(events: EventStack, customer_id: s
         }
     )
     events.topology = Topology.from_settings(events.settings)
-    await events.start_reactor(NOTIFICATION)
+    await events.start_reactor(reactor)
     event = shipped_event(customer_id=customer_id)
     async with events.database.sessions() as session, session.begin():
         session.add(
@@ -94,21 +98,56 @@ async def mailed_once(events: EventStack, event: CloudEvent) -> bool:
     return status == SENT and await events.count(InboxMessage, InboxMessage.message_id == event.id) == 1
 
 
+async def purge_wait_queue(events: EventStack, reactor: str) -> int:
+    """Empty `reactor`'s wait queue as the broker's drop would; how many messages it held."""
+    connection = await connect(events.settings, "test-purge")
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(events.topology.wait_queue(reactor, WAIT_MS), passive=True)
+        purged = await queue.purge()
+    finally:
+        await close_quietly(connection, 5)
+    return int(purged.message_count or 0)
+
+
+def once_failing() -> Reactor:
+    """A test-only reactor whose database step (as loyalty's and analytics') fails the first time."""
+    failed: list[str] = []
+
+    async def apply(event: ReceivedEvent, _session: AsyncSession) -> None:
+        if not failed:
+            failed.append(event.id)
+            raise ConnectionError("not yet")
+
+    return Reactor(name="once-failing", routing_keys=("order.shipped.v1",), apply=apply)
+
+
+async def test_a_lost_retry_of_a_database_only_reactor_is_redriven_too(events: EventStack) -> None:
+    reactor = once_failing()
+    event = await start_notifier_with_an_outbox_event(events, "cust-db-only", reactor)
+    await publish(events, event)
+
+    async def scheduled() -> bool:
+        return bool(await events.ledger(reactor.name, DeliveryOutcome.RETRY_SCHEDULED))
+
+    await eventually(scheduled, what="the failed apply scheduled for a retry")
+    assert await purge_wait_queue(events, reactor.name) == 1, "the retry was waiting in the wait queue"
+
+    async def applied() -> bool:
+        return await events.count(InboxMessage, InboxMessage.consumer == reactor.name) == 1
+
+    await eventually(applied, within=30, what="the event applied after the sweep")
+    recovered = await events.ledger(reactor.name, DeliveryOutcome.RETRY_RECOVERED)
+    assert [row.message_id for row in recovered] == [event.id]
+
+
 async def test_a_retry_the_wait_queue_lost_is_redriven_from_the_outbox(events: EventStack) -> None:
     """The broker's drop stood in for by a purge of the wait queue (no restart: a shared lock suffices)."""
     event = await start_notifier_with_an_outbox_event(events, "cust-purged-retry")
     events.sink.stop()  # the first send fails: the event goes to the wait queue
     await publish(events, event)
     await eventually(lambda: retry_scheduled(events), what="the failed send scheduled for a retry")
-    connection = await connect(events.settings, "test-purge")
-    try:
-        channel = await connection.channel()
-        wait_queue = events.topology.wait_queue(NOTIFICATION.name, WAIT_MS)
-        queue = await channel.declare_queue(wait_queue, passive=True)
-        purged = await queue.purge()
-    finally:
-        await close_quietly(connection, 5)
-    assert purged.message_count == 1, "the retry was waiting in the wait queue"
+    assert await purge_wait_queue(events, NOTIFICATION.name) == 1, "the retry was waiting in the wait queue"
     events.sink.start()
 
     await eventually(lambda: mailed_once(events, event), within=30, what="the mail sent after the sweep")
