@@ -96,6 +96,11 @@ class Settings(BaseSettings):
     # Quorum-queue x-delivery-limit: redeliveries (consumer crashes) before the broker dead-letters.
     reactor_delivery_limit: Annotated[int, Field(ge=1, le=1_000)] = 20
     reactor_shutdown_timeout_seconds: Annotated[float, Field(ge=0)] = 10.0
+    # A retry whose wait queue never handed it back (the broker drops an at-most-once dead-letter when the
+    # reactor's queue has no leader, e.g. right after a restart) is re-driven from the outbox once it is
+    # this long overdue (past its wait queue's TTL); the sweep looks this often (reactors/runtime/recovery).
+    reactor_retry_lost_after_seconds: Annotated[float, Field(gt=0)] = 60.0
+    reactor_retry_sweep_interval_seconds: Annotated[float, Field(gt=0)] = 10.0
     smtp_host: str = "127.0.0.1"
     smtp_port: Annotated[int, Field(ge=1, le=65_535)] = 1025
     smtp_username: str | None = None

@@ -19,7 +19,10 @@ the node was restarted (seen in this project's tests; upstream rabbitmq-server i
 supervisor failure in 4.2). The broker dead-letters in two places only: a wait queue handing an expired
 message back to its reactor's queue, and a reactor's queue giving up on a message after x-delivery-limit
 deliveries. Both targets are durable queues declared with the source, on the same node, so the hop only
-fails if the target is missing or has no leader at that instant. The runtime's own moves (to a wait queue,
+fails if the target is missing or has no leader at that instant. The second happens after every broker
+restart (each quorum queue elects its leader on its own, and a wait queue dead-letters what expired while the
+broker was down at once): the reactor runtime re-drives such lost retries from the outbox
+(`reactors/runtime/recovery.py`). The runtime's own moves (to a wait queue,
 to the DLQ) and redrives are publishes with publisher confirms, not broker dead-lettering.
 """
 

@@ -31,6 +31,8 @@ class DeliveryOutcome:
     RETRY_SCHEDULED = "retry_scheduled"
     DEAD_LETTERED = "dead_lettered"
     REDRIVEN = "redriven"
+    # Re-driven from the outbox: a retry the broker lost between its wait queue and the reactor's queue.
+    RETRY_RECOVERED = "retry_recovered"
 
 
 class DeliveryRecord(Base):

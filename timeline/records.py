@@ -114,6 +114,7 @@ _DELIVERY_SUMMARIES = {
     "retry_scheduled": "retry scheduled",
     "dead_lettered": "dead-lettered",
     "redriven": "redriven from the DLQ",
+    "retry_recovered": "retry lost by the broker, re-driven from the outbox",
 }
 
 

@@ -12,6 +12,9 @@ are never handled at once by one runtime), until the consumption ends:
   (a wait queue, the DLQ): finish the batch in flight, then reconnect at once, which redeclares the queues
   and bindings (`reactor_consumer_recoveries` counts the resumes).
 
+Beside the consumption, `recovery.RetrySweep` re-drives retries the broker lost on their way back from a
+wait queue (every `reactor_retry_sweep_interval_seconds`).
+
 Readiness: `ready` is set while consuming (and the gauge `reactor_consuming` is 1), cleared from the moment
 the consumption ends until it resumes. `run` raises `TopologyRefused` when the broker refuses the
 declaration of the reactor's queues (406: a queue exists with other arguments; 403): no retry fixes that,
@@ -38,6 +41,7 @@ from reactors.runtime.handling import BatchHandler, Fault
 from reactors.runtime.observe import Observer
 from reactors.runtime.persistence import Ledger
 from reactors.runtime.policy import FailurePolicy
+from reactors.runtime.recovery import RetrySweep
 from reactors.runtime.transport import Consumption, Ended, Intake, TopologyRefused, Transport
 
 log = logging.getLogger(__name__)
@@ -64,6 +68,7 @@ class ReactorRuntime:
         self._transport = Transport(settings, topology, reactor.subscription)
         ledger = Ledger(reactor, sessions)
         self._policy = FailurePolicy(settings, topology, ledger)
+        self.retry_sweep = RetrySweep(settings, topology, reactor.name, sessions)
         self._handler = BatchHandler(
             reactor,
             settings,
@@ -87,6 +92,8 @@ class ReactorRuntime:
         Raises `TopologyRefused` (see the module docstring)."""
         backoff = FIRST_BACKOFF_SECONDS
         recovering = False
+        # Beside the consumption, independent of it: retries the broker lost are re-driven from the outbox.
+        sweeping = asyncio.ensure_future(self.retry_sweep.run(stop))
         try:
             while not stop.is_set() and not self._aborted:
                 try:
@@ -108,6 +115,10 @@ class ReactorRuntime:
                     await asyncio.wait_for(stop.wait(), backoff)
                 backoff = min(backoff * 2, self._settings.broker_reconnect_max_seconds)
         finally:
+            sweeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeping
+            await self.retry_sweep.close()
             self._set_ready(False)
             await self._policy.close()
             await self._context.aclose()
@@ -120,6 +131,7 @@ class ReactorRuntime:
         if self._consumption is not None:
             await self._consumption.close()
         await self._policy.close()
+        await self.retry_sweep.close()
 
     async def _consume_until(self, stop: asyncio.Event, recovering: bool) -> Ended:
         """One consumption, from connecting to closing; why it ended (STOPPED, CANCELLED, DRIFTED). Raises
