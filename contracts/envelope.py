@@ -66,10 +66,12 @@ class EventType:
 
 @dataclass(frozen=True)
 class ReceivedEvent:
-    """An event as a consumer sees it: the envelope plus its payload, validated tolerantly."""
+    """An event as a consumer sees it: the envelope plus its payload, validated tolerantly, and which
+    attempt of its delivery this is (1-based, as the consumer's runtime counts it; 1 outside one)."""
 
     envelope: CloudEvent
     data: Payload
+    attempt: int = 1
 
     @property
     def id(self) -> str:

@@ -19,9 +19,9 @@ reactor's two handlers say what they do:
 A failed send is classified (`smtp.classify`): a permanent failure (a 5xx reply, a recipient that needs
 SMTPUTF8 where the server does not offer it) marks the row `failed` with its reason and is dead-lettered at
 once; a transient one (4xx, connection errors, timeouts) marks it `retrying` and is retried with backoff. The
-reactor gives up on its own after `reactor_max_attempts` sends of one mail (row `failed`, dead-lettered with
-the reason), so that no row is left `sending` or `retrying` once the runtime stops retrying. A redrive from
-the DLQ claims a `failed` row again, with a fresh count of attempts.
+reactor gives up on its own at a delivery's last attempt (`reactor_max_attempts`, counted per delivery, so a
+duplicate copy's sends do not use it up; row `failed`, dead-lettered with the reason), so that no row is left
+`sending` or `retrying` once the runtime stops retrying. A redrive from the DLQ claims a `failed` row again.
 
 A redelivered event (duplicate publish, redelivery after a crash anywhere after step 3) finds `sent` and
 sends nothing. The crash window that remains, stated honestly: if the process dies after the SMTP server
@@ -138,6 +138,7 @@ async def send_mails(events: Sequence[ReceivedEvent], context: ReactorContext) -
     mailer = mailer_of(context)
     pending = list(claimed.to_send)
     owned = set(pending)
+    delivery_attempt = {event.id: event.attempt for event in events}
     for index, (event_id, attempts) in enumerate(claimed.to_send.items()):
         if utcnow() - claimed.at >= claimed.lease / 2:
             # A slow relay or a busy host: keep the rest of the batch ours rather than let the claims lapse.
@@ -150,9 +151,11 @@ async def send_mails(events: Sequence[ReceivedEvent], context: ReactorContext) -
             await mailer.send(compose(context.settings, *mail, message_id_for(event_id)))
         except SEND_FAILURES as err:
             error = classify(err, mail.recipient)
-            if isinstance(error, TransientError) and attempts >= context.settings.reactor_max_attempts:
-                # The runtime would dead-letter it after as many attempts: give up here, so that the row
-                # says `failed` with the reason rather than `retrying` for good.
+            last = delivery_attempt[event_id] >= context.settings.reactor_max_attempts
+            if isinstance(error, TransientError) and last:
+                # The runtime dead-letters this delivery after its last attempt: give up here, so that the
+                # row says `failed` with the reason rather than `retrying` for good. Counted per delivery,
+                # not per row: a duplicate copy's failed sends must not use up this one's attempts.
                 error = PermanentError(f"gave up after {attempts} send attempt(s): {error}")
             failed[event_id] = error
             await _record_failure(context.sessions, event_id, claimed.at, error)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 
 import aiormq
@@ -85,8 +86,14 @@ class BatchHandler:
                 intake.settled_so_far &= await self._dead_letter_unparsed(message, err, received_at, started)
                 continue
             self._observe.age(event, received_at)
+            attempt = attempt_of(message)
             deliveries.append(
-                Delivery(message, event, attempt_of(message), self._observe.consumer_span(message))
+                Delivery(
+                    message,
+                    replace(event, attempt=attempt),
+                    attempt,
+                    self._observe.consumer_span(message),
+                )
             )
         if deliveries:
             await self._handle(intake, deliveries, received_at, started)

@@ -260,6 +260,24 @@ async def test_a_relay_that_always_defers_ends_failed_never_sending(strict: Even
     assert f"gave up after {attempts} send attempt(s)" in letter.reason and "451" in letter.reason
 
 
+async def test_a_duplicate_copy_does_not_use_up_the_attempts_of_a_delivery(strict: EventStack) -> None:
+    """A second copy of an event (a relay's resend) retried beside the first: three deferrals in all, more
+    than either delivery alone may take before it gives up (3 here). Counted per row, they dead-lettered
+    one copy of an event whose mail was then sent; counted per delivery, both end in the one mail."""
+    await strict.start_reactor(NOTIFICATION)
+    script(strict)["busy@example.com"] = ["451 4.3.0 mailbox busy, try again later"] * 3
+    event = shipped_event(customer_id="cust-copies", email="busy@example.com")
+    await publish(strict, event)
+    await settled(strict, DeliveryOutcome.RETRY_SCHEDULED)
+    await publish(strict, event)  # the second copy, on its own (not deduplicated within one batch)
+    await settled(strict, DeliveryOutcome.PROCESSED)
+    await settled(strict, DeliveryOutcome.DUPLICATE_IGNORED)
+
+    assert await strict.ledger("notification", DeliveryOutcome.DEAD_LETTERED) == []
+    assert (await notification(strict, event.id)).status == "sent"
+    assert [mail["To"] for mail in strict.sink.messages] == ["busy@example.com"]
+
+
 async def test_a_transient_failure_leaves_the_row_retrying_not_sending(strict: EventStack) -> None:
     """Between attempts the row says what happened; the SMTP server down is transient like a 4xx."""
     strict.settings = strict.settings.model_copy(update={"reactor_retry_delays_ms": [60_000]})
