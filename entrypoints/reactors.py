@@ -38,14 +38,14 @@ async def run_reactors(settings: Settings, reactors: Sequence[Reactor], stop: as
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = command_line("python -m entrypoints.reactors", __doc__)
+    known = [reactor.name for reactor in REACTORS]
     parser.add_argument(
-        "names",
-        nargs="*",
-        choices=[reactor.name for reactor in REACTORS],
-        metavar="REACTOR",
-        help="reactors to run (default: every registered one: %(choices)s)",
+        "names", nargs="*", metavar="REACTOR", help=f"reactors to run (default: all of {', '.join(known)})"
     )
     names = parser.parse_args(argv).names
+    # Checked here, not with `choices`: argparse tests an empty `nargs="*"` default against them and fails.
+    if unknown := sorted(set(names) - set(known)):
+        parser.error(f"no reactor named {', '.join(unknown)} (registered: {', '.join(known)})")
     reactors = [reactor_named(name) for name in names] if names else list(REACTORS)
     settings = load_settings()
     run_until_signalled(
