@@ -8,6 +8,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import func, select, text
 
@@ -123,16 +124,7 @@ async def test_a_key_still_in_flight_is_a_conflict(api: ApiHarness) -> None:
         assert not first.done()
         await blocker.rollback()
 
-    assert concurrent.status_code == 409, concurrent.text
-    assert concurrent.headers["Content-Type"] == PROBLEM
-    assert concurrent.headers["Retry-After"] == "1"
-    assert concurrent.json()["type"] == "urn:order-saga:problem:idempotency-key-in-flight"
-    placed = await first
-    assert placed.status_code == 202, placed.text
-    again = await api.place(body, key="slow-key")
-    assert again.status_code == 202
-    assert again.json()["order_id"] == placed.json()["order_id"]
-    assert await order_count(api) == 1
+    await assert_refused_in_flight_then_replayed(api, body, concurrent, first)
 
 
 @pytest.mark.parametrize("db_backend", ["sqlite", "postgresql"])
@@ -161,16 +153,7 @@ async def test_a_key_in_flight_is_a_conflict_on_every_database(
     finally:
         gate.open()
 
-    assert concurrent.status_code == 409, concurrent.text
-    assert concurrent.headers["Content-Type"] == PROBLEM
-    assert concurrent.headers["Retry-After"] == "1"
-    assert concurrent.json()["type"] == "urn:order-saga:problem:idempotency-key-in-flight"
-    placed = await first
-    assert placed.status_code == 202, placed.text
-    again = await api.place(body, key="slow-key")
-    assert again.status_code == 202
-    assert again.json()["order_id"] == placed.json()["order_id"]
-    assert await order_count(api) == 1
+    await assert_refused_in_flight_then_replayed(api, body, concurrent, first)
 
 
 async def test_a_retry_after_a_crash_finishes_the_recorded_order(api: ApiHarness) -> None:
@@ -246,3 +229,20 @@ async def wait_until_blocked_on_a_lock(api: ApiHarness) -> None:
             if waiting:
                 return
             await asyncio.sleep(0.02)
+
+
+async def assert_refused_in_flight_then_replayed(
+    api: ApiHarness, body: dict[str, Any], concurrent: httpx.Response, first: asyncio.Task[httpx.Response]
+) -> None:
+    """The request that came while the key was in flight got 409 (retry in 1 s); the first one placed the
+    order, and the same key again answers with that same order: one order in all."""
+    assert concurrent.status_code == 409, concurrent.text
+    assert concurrent.headers["Content-Type"] == PROBLEM
+    assert concurrent.headers["Retry-After"] == "1"
+    assert concurrent.json()["type"] == "urn:order-saga:problem:idempotency-key-in-flight"
+    placed = await first
+    assert placed.status_code == 202, placed.text
+    again = await api.place(body, key="slow-key")
+    assert again.status_code == 202
+    assert again.json()["order_id"] == placed.json()["order_id"]
+    assert await order_count(api) == 1
