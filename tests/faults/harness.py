@@ -90,8 +90,8 @@ RUN_ENV = {
     "REACTOR_SHUTDOWN_TIMEOUT_SECONDS": "3",
     "WORKER_SHUTDOWN_GRACE_SECONDS": "2",
 }
-# With the mail server down for a minute: the product's own retry budget (1 s, 5 s, 30 s, 30 s, about 66 s
-# over 5 attempts), so that the outage is waited out, not dead-lettered.
+# With the mail server down (10 s in the CI size, a minute in the large run): the product's own retry budget
+# (1 s, 5 s, 30 s, 30 s, about 66 s over 5 attempts), so that the outage is waited out, not dead-lettered.
 LONG_OUTAGE_ENV = {"REACTOR_RETRY_DELAYS_MS": "[1000, 5000, 30000]"}
 
 
@@ -189,13 +189,12 @@ class FaultPlan:
             duplicates=max(6, orders // 10),
             poison_rounds=rounds,
             quiescence_seconds=150.0 + orders * 0.15,
-            # The large run: outages longer than every reconnect and retry bound of the run's settings.
+            # Every fault at every size; the large run's outages outlast every reconnect and retry bound of the
+            # run's settings, the CI size's are short (the retries they cause would double its time).
             broker_down_seconds=3.0 if orders < 200 else 60.0,
-            # The mail server's outage and the database restart only in the large run: the retries they cause
-            # would double the CI size's time.
-            smtp_outages=0 if orders < 200 else 1,
-            postgres_restarts=0 if orders < 200 else 1,
-            smtp_down_seconds=60.0,
+            smtp_outages=1,
+            postgres_restarts=1,
+            smtp_down_seconds=10.0 if orders < 200 else 60.0,
         )
         return cls(**{**plan.__dict__, **overrides})
 
