@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
@@ -111,10 +111,15 @@ class Journey:
     lanes: tuple[Lane, ...]
     ticks: tuple[tuple[float, str], ...]  # (x, "+1.2 s")
     start: datetime | None
+    end: datetime | None = None
     width: int = WIDTH
     height: float = 0.0
     label_width: int = LABEL_WIDTH
-    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def in_flight(self) -> bool:
+        """Something is still under way: a step running, an event unpublished, a delivery being handled."""
+        return any(item.span.tone == "open" for lane in self.lanes for item in lane.items)
 
 
 def build_journey(entries: Sequence[Entry], reactors: Iterable[str], *, now: datetime) -> Journey:
@@ -262,7 +267,7 @@ def _layout(lanes: Sequence[tuple[str, str, list[Span]]]) -> Journey:
         lane = Lane(key, label, tuple(placed), rows, y)
         placed_lanes.append(lane)
         y += lane.height
-    return Journey(tuple(placed_lanes), _ticks(total_ms, plot), start, height=y + 4)
+    return Journey(tuple(placed_lanes), _ticks(total_ms, plot), start, end, height=y + 4)
 
 
 def _pack(spans: Iterable[Span], x_of: Callable[[datetime], float]) -> list[Placed]:
