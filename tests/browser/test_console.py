@@ -71,7 +71,10 @@ async def test_an_operator_cancels_an_order_from_its_page(stack: LocalStack, sho
     held = await shop.place({"SKU-CANCEL": 1}, customer_id="cust-cancel", token="tok_hold")
     await page.goto(f"{stack.api_url}/console/orders/{held}")
     page.once("dialog", lambda dialog: dialog.accept())
-    await page.get_by_test_id("cancel").click()
+    async with page.expect_request(f"**/console/orders/{held}/cancel") as sent:
+        await page.get_by_test_id("cancel").click()
+    # htmx sends the session's CSRF token as a header on every request it makes (set on <body>).
+    assert (await sent.value).headers.get("x-csrf-token")
     await expect(page.get_by_test_id("cancel-outcome")).to_contain_text("Cancel accepted")
     # The page refreshes itself while the order is in flight.
     await expect(page.get_by_test_id("order-status")).to_have_text("CANCELLED", timeout=WAIT_MS)
