@@ -28,7 +28,8 @@ async def test_an_operator_follows_an_order_across_the_saga_and_the_reactors(
 ) -> None:
     customer = "cust-" + uuid.uuid4().hex[:6]
     await shop.add_product("SKU-JOURNEY", stock=20)
-    shipped = await shop.place({"SKU-JOURNEY": 2}, customer_id=customer)
+    # `tok_flaky` fails twice before the charge goes through: the journey shows the attempts.
+    shipped = await shop.place({"SKU-JOURNEY": 2}, customer_id=customer, token="tok_flaky")
     declined = await shop.place({"SKU-JOURNEY": 1}, customer_id=customer, token="tok_declined")
     await shop.wait_until_handled(shipped, REACTOR_NAMES)
     await shop.wait_until_handled(declined, {"notification", "analytics"})
@@ -46,6 +47,9 @@ async def test_an_operator_follows_an_order_across_the_saga_and_the_reactors(
     saga = page.locator('[data-lane="saga"]')
     await expect(saga.locator('[data-kind="step.completed"]')).to_have_count(SAGA_STEPS)
     await expect(saga.locator('[data-kind="local_step.completed"]')).to_have_count(1)
+    await expect(
+        saga.locator('[data-kind="step.completed"]', has_text="charge_payment (3 attempts")
+    ).to_have_count(1)
     outbox = page.locator('[data-lane="outbox"]')
     await expect(outbox.locator('[data-kind="event.published"]')).to_have_count(1)
     for name in REACTOR_NAMES:
