@@ -189,8 +189,8 @@ class FaultPlan:
             duplicates=max(6, orders // 10),
             poison_rounds=rounds,
             quiescence_seconds=150.0 + orders * 0.15,
-            # Every fault at every size; the large run's outages outlast every reconnect and retry bound of the
-            # run's settings, the CI size's are short (the retries they cause would double its time).
+            # Every fault at every size; the large run's outages outlast every reconnect and retry bound of
+            # the run's settings, the CI size's are short (the retries they cause would double its time).
             broker_down_seconds=3.0 if orders < 200 else 60.0,
             smtp_outages=1,
             postgres_restarts=1,
