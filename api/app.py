@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
+from api.console import install_console
 from api.deps import authenticate_caller
 from api.edge import EdgeGuard, RateLimiter, needs_api_key
 from api.problems import document_edge_refusals, install_problem_handlers, use_problem_media_type
@@ -88,6 +89,8 @@ def create_app(settings: Settings) -> FastAPI:
     for router in routers:
         # The running cap of a body as it is read (a chunked one); a declared length is EdgeGuard's.
         app.include_router(router, max_body_size=settings.api_max_body_bytes)
+    # The operator console (/console): its own sign-in and session, so the edge guard does not gate it.
+    install_console(app, settings)
     app.add_middleware(
         EdgeGuard,
         key_ring=ApiKeyRing.from_settings(settings),

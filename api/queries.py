@@ -8,7 +8,7 @@ The reactors' read models are eventually consistent: they may lag an order's lat
 from __future__ import annotations
 
 import uuid
-from datetime import date
+from datetime import date, datetime
 
 from sqlalchemy import literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -74,9 +74,17 @@ class OrderQueries:
             return _order_out(order, list(payments), shipment, list(history))
 
     async def orders(
-        self, *, status: OrderStatus | None, customer_id: str | None, limit: int, cursor: str | None
+        self,
+        *,
+        status: OrderStatus | None,
+        customer_id: str | None,
+        limit: int,
+        cursor: str | None,
+        created_from: datetime | None = None,
+        created_before: datetime | None = None,
     ) -> OrderPage:
         """Newest first, by keyset: (created_at, id) below the cursor's, served by the orders indexes.
+        `created_from` (inclusive) and `created_before` (exclusive), timezone-aware, bound the placement time.
 
         Raises InvalidCursor (`api.pagination`) for a cursor this API did not issue.
         """
@@ -86,6 +94,14 @@ class OrderQueries:
             query = query.where(models.Order.status == status)
         if customer_id is not None:
             query = query.where(models.Order.customer_id == customer_id)
+        if created_from is not None:
+            query = query.where(
+                models.Order.created_at >= literal(created_from, models.Order.created_at.type)
+            )
+        if created_before is not None:
+            query = query.where(
+                models.Order.created_at < literal(created_before, models.Order.created_at.type)
+            )
         if cursor is not None:
             after = decode_order_cursor(cursor)
             query = query.where(

@@ -41,6 +41,10 @@ class ApiKeyRing:
             settings.api_key_scopes,
         )
 
+    def principal_named(self, name: str) -> Principal | None:
+        """The principal configured under `name` (a console session names its principal), or None."""
+        return next((principal for _, principal in self._entries if principal.name == name), None)
+
     def authenticate(self, presented: str) -> Principal | None:
         candidate = presented.encode()
         found = None

@@ -164,6 +164,13 @@ class Settings(BaseSettings):
         ),
     ] = ""
 
+    # --- console: the operator console at /console (api/console)
+    # Signs the console's session cookie. Unset: a random secret per API process (sessions end when it
+    # restarts, and replicas do not share them): set one in production, the same on every replica.
+    console_session_secret: Annotated[SecretStr, Field(min_length=32)] | None = None
+    # How long a console sign-in lasts, in minutes (then the operator signs in again).
+    console_session_minutes: Annotated[float, Field(gt=0, le=10_080)] = 480.0
+
     # --- observability: logs, traces, metrics
     # `json`: one JSON object per line with order, workflow, event and trace ids where known.
     log_format: Literal["text", "json"] = "text"
@@ -222,6 +229,7 @@ class Settings(BaseSettings):
         "temporal_tls_client_key_data",
         "temporal_tls_server_name",
         "temporal_api_key",
+        "console_session_secret",
         mode="before",
     )
     @classmethod

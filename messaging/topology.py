@@ -31,13 +31,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiormq
 from aio_pika import ExchangeType
 from aio_pika.abc import AbstractChannel
 
 from infra.settings import Settings
+from messaging.broker import close_quietly, connect
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,39 @@ async def missing_queues(
         except aiormq.exceptions.ChannelNotFoundEntity:
             missing.append(name)
     return missing
+
+
+class QueueState(NamedTuple):
+    """A queue as a passive declare sees it: messages ready for delivery (unacked ones not counted) and
+    consumers. A queue that does not exist yet is (0, 0)."""
+
+    ready: int
+    consumers: int
+
+
+async def queue_states(settings: Settings, queues: Sequence[str], name: str) -> dict[str, QueueState]:
+    """The state of each queue, on a connection of its own (`name`), one passive declare each.
+
+    Raises what the broker link raises (unreachable, a timeout): a failed probe is not an empty queue."""
+    call_timeout = settings.broker_call_timeout_seconds
+    states: dict[str, QueueState] = {}
+    connection = await connect(settings, name)
+    try:
+        for queue in queues:
+            # A passive declare of a missing queue closes its channel: one channel per queue.
+            channel = await asyncio.wait_for(connection.channel(), call_timeout)
+            try:
+                declared = await channel.declare_queue(queue, passive=True, timeout=call_timeout)
+                result = declared.declaration_result
+                states[queue] = QueueState(int(result.message_count or 0), int(result.consumer_count or 0))
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                states[queue] = QueueState(0, 0)
+            finally:
+                if not channel.is_closed:
+                    await asyncio.wait_for(channel.close(), call_timeout)
+    finally:
+        await close_quietly(connection, call_timeout)
+    return states
 
 
 async def delete_topology(

@@ -23,11 +23,11 @@ from rich.table import Table
 from infra.db import open_database
 from infra.retention import RetentionReport, run_retention
 from infra.settings import load_settings
+from messaging.outbox_status import OutboxStatus, outbox_status
 from ops import demo, dlq_commands, queues, replay_commands
 from ops.api_client import ApiError, OrdersApi
 from ops.demo import amount_text
 from ops.inspect import asyncapi_command, timeline_command
-from ops.outbox_status import OutboxStatus, outbox_status
 
 # Wide enough for full order ids when the output is piped (rich assumes 80 columns then).
 console = Console(width=max(Console().width, 120))

@@ -20,7 +20,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiormq
 import httpx
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
@@ -29,7 +28,7 @@ from temporalio.client import Client
 
 from infra.settings import Settings, load_settings
 from messaging.broker import close_quietly, connect
-from messaging.topology import Topology, delete_topology
+from messaging.topology import QueueState, Topology, delete_topology, queue_states
 from ops.processes import Component
 from ops.provisioning import executable, free_port
 from orchestrator.client import connect_temporal
@@ -316,27 +315,11 @@ class LocalStack:
 
     # --- broker introspection
 
-    async def queue_states(self, queues: Sequence[str]) -> dict[str, tuple[int, int]]:
+    async def queue_states(self, queues: Sequence[str]) -> dict[str, QueueState]:
         """(ready messages, consumers) of each queue; a queue that does not exist yet counts as (0, 0).
 
         Raises whatever else fails (broker unreachable, a timeout): a failed probe is not an empty queue."""
-        states: dict[str, tuple[int, int]] = {}
-        connection = await connect(self.settings, "stack-probe")
-        try:
-            for queue in queues:
-                channel = await asyncio.wait_for(connection.channel(), 10)
-                try:
-                    declared = await channel.declare_queue(queue, passive=True, timeout=10)
-                    result = declared.declaration_result
-                    states[queue] = (int(result.message_count or 0), int(result.consumer_count or 0))
-                except aiormq.exceptions.ChannelNotFoundEntity:  # NOT_FOUND (it also closes the channel)
-                    states[queue] = (0, 0)
-                finally:
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(channel.close(), 10)
-        finally:
-            await close_quietly(connection, 10)
-        return states
+        return await queue_states(self.settings, queues, "stack-probe")
 
 
 def _decode_env(value: str) -> object:
