@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install lock run demo migrate worker test test-unit lint format clean
+.PHONY: install lock run demo migrate worker test test-unit lint format clean chromium
 
 $(INSTALLED): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,15 @@ demo: install
 worker: install
 	$(BIN)/python -m entrypoints.worker
 
-test: install
+# The browser tests (marker `browser`) drive Debian's Chromium; Playwright's own download does not work here.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	DEBIAN_FRONTEND=noninteractive apt-get install -y chromium || \
+	  (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+
+chromium: $(CHROMIUM)
+
+test: install chromium
 	$(BIN)/pytest
 
 test-unit: install

@@ -73,6 +73,7 @@ def banner(settings: Settings) -> str:
         "",
         "Order saga: local stack",
         f"  API              {api}   (OpenAPI docs: {api}/docs)",
+        f"  Operator console {api}/console   (sign in with an API key that has the admin scope)",
         f"  Temporal Web UI  {settings.temporal_ui_url}",
         f"  Database         {settings.database_url}",
         f"  RabbitMQ         {broker.hostname}:{broker.port or 5672}",

@@ -43,6 +43,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help=f"write the workflow histories of the saga path tests to {HISTORIES} for replay tests",
     )
+    parser.addoption(
+        "--update-screenshots",
+        action="store_true",
+        help="the browser tests save the console's screenshots to docs/screenshots (shown in the README)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -78,6 +78,8 @@ class Placed:
     x: float
     width: float  # 0 for a mark
     row: int
+    # The label goes left of the item when it would run past the chart's right edge.
+    label_before: bool = False
 
     @property
     def y(self) -> float:
@@ -86,6 +88,8 @@ class Placed:
 
     @property
     def label_x(self) -> float:
+        if self.label_before:
+            return self.x - (4 if self.width else 7)
         return self.x + (self.width + 4 if self.width else 7)
 
 
@@ -268,13 +272,17 @@ def _pack(spans: Iterable[Span], x_of: Callable[[datetime], float]) -> list[Plac
     for span in sorted(spans, key=lambda s: (s.start, s.end or s.start)):
         x = x_of(span.start)
         width = max(x_of(span.end) - x, MIN_BAR) if span.end is not None else 0.0
-        reach = x + max(width, 0) + (4 if width else 7) + len(span.label) * CHAR_WIDTH
-        row = next((i for i, row_end in enumerate(row_ends) if row_end < x - 2), len(row_ends))
+        gap = 4 if width else 7
+        text = len(span.label) * CHAR_WIDTH
+        label_before = x + width + gap + text > WIDTH and x - gap - text > LABEL_WIDTH
+        left = x - gap - text if label_before else x
+        reach = x + width if label_before else x + width + gap + text
+        row = next((i for i, row_end in enumerate(row_ends) if row_end < left - 2), len(row_ends))
         if row == len(row_ends):
             row_ends.append(reach)
         else:
             row_ends[row] = reach
-        placed.append(Placed(span, x, width, row))
+        placed.append(Placed(span, x, width, row, label_before))
     return placed
 
 

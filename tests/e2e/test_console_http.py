@@ -3,6 +3,7 @@ cookie, refusals without a session or a CSRF token, the pages' content, and no a
 
 from __future__ import annotations
 
+import logging
 import re
 from http import HTTPStatus
 
@@ -87,7 +88,10 @@ async def test_an_open_redirect_after_sign_in_is_not_followed(api: ApiHarness) -
     assert 'name="next" value="/console/orders"' in form.text
 
 
-async def test_actions_without_a_valid_csrf_token_are_refused(api_factory: ApiFactory) -> None:
+async def test_actions_without_a_valid_csrf_token_are_refused_and_actions_are_audited(
+    api_factory: ApiFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="api.console.audit")
     async with api_factory() as api:
         await api.add_product("SKU-C", stock=5)
         api.gateway.gate.close()  # hold the saga before the charge: the order can still be cancelled
@@ -109,6 +113,10 @@ async def test_actions_without_a_valid_csrf_token_are_refused(api_factory: ApiFa
         assert accepted.status_code == HTTPStatus.OK and "Cancel accepted" in accepted.text
         api.gateway.gate.open()
         assert (await api.wait_for(order_id))["status"] == "CANCELLED"
+        audited = [r.getMessage() for r in caplog.records if r.name == "api.console.audit"]
+        assert "console action sign-in by ops" in audited
+        assert f"console action cancel-order by ops (order_id={order_id} accepted=True)" in audited
+        assert any("refused: no valid CSRF token (principal ops)" in message for message in audited)
 
         signed_out = await api.http.post("/console/sign-out", data={"csrf_token": token})
         assert signed_out.status_code == HTTPStatus.SEE_OTHER
@@ -156,3 +164,31 @@ async def test_health_says_when_the_broker_is_unreachable(api_factory: ApiFactor
         health = await api.http.get("/console/health/live", headers={"HX-Request": "true"})
         assert health.status_code == HTTPStatus.OK
         assert 'data-testid="broker-error"' in health.text and "unreachable" in health.text
+
+
+async def test_orders_are_searched_by_placement_time_in_keyset_pages(api: ApiHarness) -> None:
+    await api.add_product("SKU-P", stock=10)
+    placed = [await api.place_ok(order_body({"SKU-P": 1}, customer_id="cust-pages")) for _ in range(3)]
+    await sign_in(api.http)
+
+    first = await api.http.get("/console/orders", params={"customer_id": "cust-pages", "limit": 2})
+    assert [order_id in first.text for order_id in placed] == [False, True, True]  # newest first
+    next_url = re.search(r'href="([^"]+)" rel="next"', first.text)
+    assert next_url is not None
+    second = await api.http.get(next_url.group(1).replace("&amp;", "&"))
+    assert [order_id in second.text for order_id in placed] == [True, False, False]
+    assert 'rel="next"' not in second.text
+
+    later = await api.http.get(
+        "/console/orders", params={"customer_id": "cust-pages", "created_from": "2999-01-01T00:00"}
+    )
+    assert "No order matches" in later.text
+    within = await api.http.get(
+        "/console/orders",
+        params={
+            "customer_id": "cust-pages",
+            "created_from": "2000-01-01T00:00",
+            "created_to": "2999-01-01T00:00",
+        },
+    )
+    assert all(order_id in within.text for order_id in placed)

@@ -26,4 +26,5 @@ def test_no_broker_and_none_installed_exits_with_how_to_get_one(monkeypatch: pyt
 def test_banner_shows_the_urls_and_the_development_key() -> None:
     banner = local_stack.banner(load_settings(_env_file=None))
     assert "http://127.0.0.1:8000" in banner and "http://127.0.0.1:8233" in banner
+    assert "http://127.0.0.1:8000/console" in banner
     assert f"Bearer {Settings.DEVELOPMENT_API_KEY}" in banner

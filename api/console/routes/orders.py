@@ -25,6 +25,7 @@ from reactors.registry import REACTORS
 router = APIRouter(prefix="/console/orders", include_in_schema=False)
 
 PAGE_SIZE = 25
+MAX_PAGE_SIZE = 100
 # Statuses from which a cancel may still be accepted (the saga refuses it once shipping has started).
 CANCELLABLE = frozenset({OrderStatus.PLACED, OrderStatus.INVENTORY_RESERVED, OrderStatus.PAYMENT_CHARGED})
 OrderIdPath = Annotated[str, Path(max_length=64)]
@@ -51,6 +52,7 @@ async def search_orders(
     created_from: Annotated[str, Query(max_length=32)] = "",
     created_to: Annotated[str, Query(max_length=32)] = "",
     cursor: Annotated[str | None, Query(max_length=500)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = PAGE_SIZE,
 ) -> Response:
     """The orders, newest first, filtered; an order id goes straight to that order's page."""
     filters = {
@@ -71,7 +73,7 @@ async def search_orders(
         page = await queries.orders(
             status=OrderStatus(filters["status"]) if filters["status"] else None,
             customer_id=filters["customer_id"] or None,
-            limit=PAGE_SIZE,
+            limit=limit,
             cursor=cursor,
             created_from=_utc(created_from),
             created_before=_utc(created_to),
@@ -83,6 +85,8 @@ async def search_orders(
     next_url = None
     if page.next_cursor:
         query = {key: value for key, value in filters.items() if value} | {"cursor": page.next_cursor}
+        if limit != PAGE_SIZE:
+            query["limit"] = str(limit)
         next_url = f"/console/orders?{urlencode(query)}"
     return view.render("orders.html", page=page, filters=filters, next_url=next_url, notice=None)
 
