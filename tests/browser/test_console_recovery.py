@@ -136,11 +136,11 @@ async def test_an_operator_replays_an_order_to_one_reactor(
     await page.get_by_test_id("replay-plan").click()
     await expect(page.get_by_test_id("replay-total")).to_have_text("1")
     await expect(page.get_by_test_id("replay-apply")).to_have_text("1")
+    await page.screenshot(path=str(screenshots / "replay.png"), full_page=True)
     await page.get_by_test_id("replay-start").click()
     await page.wait_for_url(f"{stack.api_url}/console/replays/*")
     await expect(page.get_by_test_id("replay-state")).to_have_text("done", timeout=WAIT_MS)
     await expect(page.get_by_test_id("replay-applied")).to_have_text("1")
-    await page.screenshot(path=str(screenshots / "replay.png"), full_page=True)
     assert await points(shop, customer) == POINTS_PER_ORDER  # reset, then credited again: once
 
     await page.goto(f"{stack.api_url}/console/orders/{order_id}")
