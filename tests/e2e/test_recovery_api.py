@@ -15,6 +15,7 @@ from reactors.loyalty.reactor import REACTOR as LOYALTY
 from reactors.models import DeliveryOutcome
 from reactors.notification.smtp_sink import SmtpSink
 from tests.e2e.conftest import ApiFactory, ApiHarness, auth, order_body
+from tests.e2e.test_console_http import csrf_of, sign_in
 from tests.events import shipped_event
 from tests.integration.conftest import EventStack, event_stack, eventually
 from tests.integration.test_recovery import dead_letter
@@ -135,3 +136,19 @@ async def test_a_dead_letter_group_redriven_over_http(stack: Stack) -> None:
     assert (unknown.status_code, unknown.json()["type"]) == (404, "urn:order-saga:problem:reactor-not-found")
     assert (await http.get("/dead-letters/loyalty", headers=auth("support"))).status_code == 403
     assert (await http.get("/dead-letters/loyalty")).status_code == 401
+
+
+async def test_the_console_recovery_actions_need_a_session_and_its_csrf_token(api: ApiHarness) -> None:
+    chosen = {"group": "0123456789ab"}
+    assert (await api.http.post("/console/dead-letters/loyalty/redrive", data=chosen)).status_code == 401
+    assert (await api.http.get("/console/dead-letters")).status_code == 303  # to the sign-in form
+    await sign_in(api.http)
+    for path in ("/console/dead-letters/loyalty/confirm", "/console/dead-letters/loyalty/redrive"):
+        assert (await api.http.post(path, data=chosen)).status_code == 403
+    order_id = "0b7e7c0e-4f0d-4d43-9a43-3f1f3f6b8a10"
+    page = await api.http.get("/console/replays", params={"order_id": order_id})
+    assert page.status_code == 200 and f">{order_id}</textarea>" in page.text
+    replay = {"reactor": "notification", "mode": "reapply", "order_ids": order_id}
+    assert (await api.http.post("/console/replays/start", data=replay)).status_code == 403
+    refused = await api.http.post("/console/replays/plan", data={**replay, "csrf_token": csrf_of(page.text)})
+    assert refused.status_code == 200 and "a mail cannot be unsent" in refused.text

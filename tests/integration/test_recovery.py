@@ -4,7 +4,12 @@ refusal)."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import update
@@ -20,6 +25,7 @@ from reactors.analytics.models import DailyOrderCounts, DailySkuSales
 from reactors.analytics.reactor import REACTOR as ANALYTICS
 from reactors.base import Reactor
 from reactors.dlq import Selection, group, inspect, list_dead_letters, redrive, scan
+from reactors.dlq.letters import failure_signature, group_id
 from reactors.loyalty.models import LoyaltyBalance, LoyaltyLedgerEntry
 from reactors.loyalty.reactor import REACTOR as LOYALTY
 from reactors.models import DeliveryOutcome, ReplayMode
@@ -30,6 +36,8 @@ from tests.integration.conftest import EventStack, eventually
 from tests.integration.event_helpers import publish
 
 pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def refusing_reactor(refused: set[str]) -> Reactor:
@@ -291,3 +299,55 @@ async def _points(events: EventStack, customer_id: str, points: int) -> bool:
 async def _shipped_count(events: EventStack, event: CloudEvent, count: int) -> bool:
     counts = await events.read(lambda s: s.get(DailyOrderCounts, event.time.astimezone(UTC).date()))
     return counts is not None and counts.orders_shipped == count
+
+
+async def cli(events: EventStack, *args: str, status: int = 0) -> str:
+    """`order-saga ARGS...` in a process of its own, on the test's database and broker namespace."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": events.settings.database_url,
+        "RABBITMQ_URL": events.settings.rabbitmq_url,
+        "BROKER_NAMESPACE": events.settings.broker_namespace,
+        "COLUMNS": "200",
+    }
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "entrypoints.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == status, done.stdout + done.stderr
+    return done.stdout + done.stderr
+
+
+async def test_the_cli_redrives_a_group_and_replays_an_order_to_one_reactor(events: EventStack) -> None:
+    await events.start_reactor(LOYALTY)
+    shipped, stranded = shipped_event(customer_id="cust-cli-1"), shipped_event(customer_id="cust-cli-2")
+    await in_outbox(events, shipped)
+    await publish(events, shipped)
+    await eventually(lambda: _points(events, "cust-cli-1", 20), what="applied at the time")
+    reason = f"TimeoutError: lock timeout on order {stranded.subject}"
+    await dead_letter(events, stranded, "loyalty", reason)
+    failure = group_id(failure_signature(reason))
+
+    assert "TimeoutError: lock timeout on order <id>" in await cli(events, "dlq", "groups", "loyalty")
+    counted = await cli(events, "dlq", "redrive", "loyalty", "--group", failure, "--dry-run")
+    assert f"1 dead letter(s) of loyalty match (group {failure})" in counted
+    assert "redrove 1 message(s) to loyalty" in await cli(
+        events, "dlq", "redrive", "loyalty", "--group", failure, "--yes"
+    )
+    await eventually(lambda: _points(events, "cust-cli-2", 20), what="the redriven event applied")
+
+    order = ("--order", shipped.subject)
+    planned = await cli(events, "replay", "plan", "loyalty", "--mode", "reapply", *order)
+    assert "would apply 1, skip 0 (applied before), reset first 1" in planned
+    ran = await cli(events, "replay", "run", "loyalty", "--mode", "reapply", *order, "--yes")
+    assert "published 1/1" in ran and "applied 1, skipped 0" in ran and "done" in ran
+    assert await _points(events, "cust-cli-1", 20)
+    refused = await cli(
+        events, "replay", "run", "notification", "--mode", "reapply", *order, "--yes", status=1
+    )
+    assert "a mail cannot be unsent" in refused
