@@ -29,6 +29,7 @@ to the DLQ) and redrives are publishes with publisher confirms, not broker dead-
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -182,7 +183,8 @@ async def queue_states(settings: Settings, queues: Sequence[str], name: str) -> 
             except aiormq.exceptions.ChannelNotFoundEntity:
                 states[queue] = QueueState(0, 0)
             finally:
-                if not channel.is_closed:
+                # The answer is in: a channel that fails to close (the broker closed it) changes nothing.
+                with contextlib.suppress(Exception):
                     await asyncio.wait_for(channel.close(), call_timeout)
     finally:
         await close_quietly(connection, call_timeout)

@@ -32,8 +32,10 @@ Adding a page (say the dead letters):
    htmx requests (`hx-post`...) send the token as a header already (set on `<body>`). A fragment that
    htmx swaps in is a template of its own (named `_something.html` here) without `extends`.
 3. Register it in `app.py`: the router in `ROUTERS` and, for the navigation bar, a `NavItem` in `NAV`.
-4. Tests: `tests/unit/test_console_*.py` (pure parts), `tests/e2e/test_console_http.py` (over HTTP),
-   `tests/browser/` (Playwright, marker `browser`).
+4. Tests: `tests/unit/test_console_*.py` (pure parts); over HTTP in-process, `tests/e2e/console_client.py`
+   (`sign_in`, `csrf_of`) with the `api`/`api_factory` fixtures, as `tests/e2e/test_console_http.py`
+   does; in Chromium, `tests/browser/conftest.py` (`stack`: the real processes, `shop`: its HTTP API,
+   `page`, `sign_in`), marker `browser`.
 """
 
 from api.console.app import install_console

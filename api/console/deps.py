@@ -120,9 +120,7 @@ class ConsoleView:
         )
 
 
-def _operator(
-    state: ConsoleState, resources: ResourcesDep, session: ConsoleSession | None
-) -> Principal | None:
+def _operator(resources: ResourcesDep, session: ConsoleSession | None) -> Principal | None:
     """The session's principal if it is still configured with the `admin` scope (None if not signed in)."""
     if session is None or session.principal is None:
         return None
@@ -133,7 +131,7 @@ def _operator(
 
 
 def _page(request: Request, state: StateDep, resources: ResourcesDep, session: SessionDep) -> ConsoleView:
-    principal = _operator(state, resources, session)
+    principal = _operator(resources, session)
     if principal is None or session is None:
         raise SignInRequired()
     return ConsoleView(request, state, session, principal)
@@ -143,17 +141,22 @@ def _page(request: Request, state: StateDep, resources: ResourcesDep, session: S
 class ConsoleAction(ConsoleView):
     """A state-changing request that passed the session, scope and CSRF checks."""
 
+    @property
+    def operator(self) -> Principal:
+        """Who acts (always known here: `Action` refuses a request without a signed-in admin)."""
+        assert self.principal is not None
+        return self.principal
+
     def audit(self, action: str, **details: object) -> None:
         """One audit record: who did what to what (INFO on the `api.console.audit` logger)."""
-        assert self.principal is not None
         described = " ".join(f"{key}={value}" for key, value in details.items())
         audit_log.info(
             "console action %s by %s%s",
             action,
-            self.principal.name,
+            self.operator.name,
             f" ({described})" if described else "",
             # The record's own fields (the JSON format keeps the correlation ids: an order id given here).
-            extra={"console_principal": self.principal.name, "console_action": action}
+            extra={"console_principal": self.operator.name, "console_action": action}
             | ({"order_id": str(details["order_id"])} if "order_id" in details else {}),
         )
 
@@ -180,7 +183,7 @@ async def _action(
 ) -> ConsoleAction:
     if session is None or session.principal is None:
         raise ConsoleRefusal(HTTPStatus.UNAUTHORIZED, "sign in to the console first")
-    principal = _operator(state, resources, session)
+    principal = _operator(resources, session)
     if principal is None:
         raise ConsoleRefusal(HTTPStatus.FORBIDDEN, "this key no longer has the `admin` scope")
     if not csrf_matches(session, await presented_csrf_token(request)):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
@@ -27,7 +27,11 @@ MIN_BAR = 3.0
 
 Tone = Literal["ok", "fail", "comp", "warn", "info", "open"]
 _STEP_PREFIXES = ("step.", "compensation.", "local_step.")
-_STEP_ENDS = {"completed": "ok", "failed": "fail", "timed_out": "fail", "canceled": "warn"}
+_STEP_ENDS: dict[str, Tone] = {"completed": "ok", "failed": "fail", "timed_out": "fail", "canceled": "warn"}
+_WORKFLOW_ENDS = frozenset(
+    f"workflow.{end}"
+    for end in ("completed", "failed", "canceled", "terminated", "timed_out", "continued_as_new")
+)
 _DELIVERY_MARKS: dict[str, Tone] = {
     "duplicate_ignored": "warn",
     "retry_scheduled": "warn",
@@ -58,6 +62,8 @@ class Entry(Protocol):
     def duration_ms(self) -> float | None: ...
     @property
     def detail(self) -> str | None: ...
+    @property
+    def event_id(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -111,15 +117,20 @@ class Journey:
     lanes: tuple[Lane, ...]
     ticks: tuple[tuple[float, str], ...]  # (x, "+1.2 s")
     start: datetime | None
+    end: datetime | None = None
     width: int = WIDTH
     height: float = 0.0
     label_width: int = LABEL_WIDTH
-    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def in_flight(self) -> bool:
+        """Something is still under way: a step running, an event unpublished, a delivery being handled."""
+        return any(item.span.tone == "open" for lane in self.lanes for item in lane.items)
 
 
 def build_journey(entries: Sequence[Entry], reactors: Iterable[str], *, now: datetime) -> Journey:
     """The chart of `entries`, with a lane for every reactor in `reactors` (empty when it saw nothing)."""
-    end_of_chart = max([now, *(e.at for e in entries)]) if _in_flight(entries) else None
+    end_of_chart = max([now, *(e.at for e in entries)]) if _saga_running(entries) else None
     lanes: list[tuple[str, str, list[Span]]] = [
         ("saga", "saga", _saga_spans([e for e in entries if e.source == "workflow"], end_of_chart)),
         ("outbox", "outbox", _outbox_spans([e for e in entries if e.source == "outbox"], end_of_chart)),
@@ -133,9 +144,9 @@ def build_journey(entries: Sequence[Entry], reactors: Iterable[str], *, now: dat
     return _layout(lanes)
 
 
-def _in_flight(entries: Sequence[Entry]) -> bool:
-    ended = any(e.kind.startswith("workflow.") and e.kind != "workflow.started" for e in entries)
-    return not ended
+def _saga_running(entries: Sequence[Entry]) -> bool:
+    """No end of the workflow recorded: what is open reaches up to now."""
+    return not any(e.kind in _WORKFLOW_ENDS for e in entries)
 
 
 def format_ms(ms: float | None) -> str:
@@ -169,14 +180,19 @@ def _saga_spans(entries: Sequence[Entry], open_end: datetime | None) -> list[Spa
                 spans.append(_step_span(entry, began, entry.at, "ok" if outcome == "completed" else "fail"))
             elif outcome in _STEP_ENDS:
                 began = scheduled[step].pop(0).at if scheduled[step] else entry.at
-                tone: Tone = "comp" if family == "compensation" and outcome == "completed" else "ok"
+                tone = _STEP_ENDS[outcome]
                 spans.append(
-                    _step_span(entry, began, entry.at, tone if _STEP_ENDS[outcome] == "ok" else "fail")
+                    _step_span(
+                        entry, began, entry.at, "comp" if family == "compensation" and tone == "ok" else tone
+                    )
                 )
             elif outcome in ("retrying", "running") and scheduled[step]:
                 began = scheduled[step].pop(0).at
-                tone = "fail" if outcome == "retrying" else "open"
-                spans.append(_step_span(entry, began, open_end or entry.at, tone))
+                spans.append(
+                    _step_span(
+                        entry, began, open_end or entry.at, "fail" if outcome == "retrying" else "open"
+                    )
+                )
         else:
             spans.append(_saga_mark(entry))
     return spans
@@ -205,17 +221,24 @@ def _outbox_spans(entries: Sequence[Entry], open_end: datetime | None) -> list[S
     recorded: dict[str, Entry] = {}
     spans: list[Span] = []
     for entry in entries:
-        key = entry.summary.split(" ", 1)[0]  # the event type
+        key = entry.event_id or entry.summary
         if entry.kind == "event.recorded":
             recorded[key] = entry
         elif entry.kind == "event.published":
             began = recorded.pop(key).at if key in recorded else entry.at
-            spans.append(Span(began, entry.at, f"{key} published", "ok", _title(entry), entry.kind))
+            label = f"{_event_type(entry.summary)} published"
+            spans.append(Span(began, entry.at, label, "ok", _title(entry), entry.kind))
         elif entry.kind == "event.publish_failed":
             spans.append(Span(entry.at, None, "publish failed", "fail", _title(entry), entry.kind))
-    for key, entry in recorded.items():  # recorded, not published yet
-        spans.append(Span(entry.at, open_end, f"{key} pending", "open", _title(entry), entry.kind))
+    for entry in recorded.values():  # recorded, not published yet
+        label = f"{_event_type(entry.summary)} pending"
+        spans.append(Span(entry.at, open_end, label, "open", _title(entry), entry.kind))
     return spans
+
+
+def _event_type(summary: str) -> str:
+    """The event type leading a summary ("order.shipped.v1 published", "loyalty: order.shipped.v1 ...")."""
+    return summary.split(": ", 1)[-1].split(" ", 1)[0]
 
 
 def _delivery_spans(entries: Sequence[Entry], open_end: datetime | None) -> list[Span]:
@@ -223,8 +246,9 @@ def _delivery_spans(entries: Sequence[Entry], open_end: datetime | None) -> list
     spans: list[Span] = []
     for entry in entries:
         outcome = entry.kind.removeprefix("delivery.")
-        event = entry.summary.split(": ", 1)[-1].split(" ", 1)[0]
-        key = f"{event}#{entry.attempt}"
+        event = _event_type(entry.summary)
+        # One delivery at a time per message: received, then its outcome (a retry is received again).
+        key = entry.event_id or entry.summary
         if outcome == "received":
             received[key] = entry
         elif outcome == "processed":
@@ -262,7 +286,7 @@ def _layout(lanes: Sequence[tuple[str, str, list[Span]]]) -> Journey:
         lane = Lane(key, label, tuple(placed), rows, y)
         placed_lanes.append(lane)
         y += lane.height
-    return Journey(tuple(placed_lanes), _ticks(total_ms, plot), start, height=y + 4)
+    return Journey(tuple(placed_lanes), _ticks(total_ms, plot), start, end, height=y + 4)
 
 
 def _pack(spans: Iterable[Span], x_of: Callable[[datetime], float]) -> list[Placed]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page, async_playwright, expect
 
 from infra.settings import Settings
 from ops.launcher import LocalStack, StackOptions
@@ -80,6 +80,16 @@ class Shop:
                 if ended and reactors <= processed:
                     return
                 await asyncio.sleep(0.3)
+
+
+async def sign_in(page: Page, base_url: str, path: str) -> None:
+    """Open a console page: the console sends us to its sign-in form first, then back to the page."""
+    await page.goto(f"{base_url}{path}")
+    assert "/console/sign-in" in page.url
+    await page.fill("#api_key", ADMIN_KEY)
+    await page.click("main button[type=submit]")
+    await page.wait_for_url(f"{base_url}{path}")
+    await expect(page.get_by_test_id("operator")).to_have_text("local-developer")
 
 
 @pytest.fixture(scope="module")

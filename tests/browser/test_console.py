@@ -14,23 +14,13 @@ from playwright.async_api import Page, expect
 
 from ops.launcher import LocalStack
 from reactors.registry import REACTORS
-from tests.browser.conftest import ADMIN_KEY, Shop
+from tests.browser.conftest import Shop, sign_in
 
 pytestmark = pytest.mark.browser
 
 REACTOR_NAMES = {reactor.name for reactor in REACTORS}
 SAGA_STEPS = 3  # reserve inventory, charge payment, create shipment (mark shipped is a local step)
 WAIT_MS = 30_000
-
-
-async def sign_in(page: Page, base_url: str, path: str) -> None:
-    """Open a console page: the console sends us to its sign-in form first, then back to the page."""
-    await page.goto(f"{base_url}{path}")
-    assert "/console/sign-in" in page.url
-    await page.fill("#api_key", ADMIN_KEY)
-    await page.click("main button[type=submit]")
-    await page.wait_for_url(f"{base_url}{path}")
-    await expect(page.get_by_test_id("operator")).to_have_text("local-developer")
 
 
 async def test_an_operator_follows_an_order_across_the_saga_and_the_reactors(

@@ -7,37 +7,12 @@ import logging
 import re
 from http import HTTPStatus
 
-import httpx
 import pytest
 
 from tests.e2e.conftest import PRINCIPALS, ApiFactory, ApiHarness, order_body
+from tests.e2e.console_client import LOADED_FROM_ELSEWHERE, csrf_of, sign_in
 
 pytestmark = pytest.mark.e2e
-
-CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
-# An absolute URL in an attribute that loads something (scripts, styles, images, frames, forms, CSS url()).
-LOADED_FROM_ELSEWHERE = re.compile(
-    r'(?:src|action|hx-\w+)=["\'](?:https?:)?//|<link[^>]+href=["\'](?:https?:)?//|url\('
-)
-
-
-def csrf_of(page: str) -> str:
-    match = CSRF.search(page)
-    assert match is not None, page
-    return match.group(1)
-
-
-async def sign_in(http: httpx.AsyncClient, principal: str = "ops") -> httpx.Response:
-    form = await http.get("/console/sign-in")
-    assert form.status_code == HTTPStatus.OK
-    return await http.post(
-        "/console/sign-in",
-        data={
-            "api_key": PRINCIPALS[principal][0],
-            "csrf_token": csrf_of(form.text),
-            "next": "/console/orders",
-        },
-    )
 
 
 async def test_pages_redirect_to_sign_in_and_actions_are_refused_without_a_session(api: ApiHarness) -> None:

@@ -4,7 +4,7 @@ and cancel, through the same query and command code as the REST API (`api.querie
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -28,6 +28,8 @@ PAGE_SIZE = 25
 MAX_PAGE_SIZE = 100
 # Statuses from which a cancel may still be accepted (the saga refuses it once shipping has started).
 CANCELLABLE = frozenset({OrderStatus.PLACED, OrderStatus.INVENTORY_RESERVED, OrderStatus.PAYMENT_CHARGED})
+# How long after its last entry an ended order's page keeps refreshing (for the reactors' deliveries).
+SETTLE = timedelta(seconds=10)
 OrderIdPath = Annotated[str, Path(max_length=64)]
 
 
@@ -105,21 +107,18 @@ async def _order_context(view: ConsoleView, queries: Queries, order_id: str) -> 
     canonical = str(order.order_id)
     bind_log_context(order_id=canonical)
     timeline = await queries.timeline(canonical)
-    journey = build_journey(timeline.entries, [r.name for r in REACTORS], now=datetime.now(UTC))
+    now = datetime.now(UTC)
+    journey = build_journey(timeline.entries, [r.name for r in REACTORS], now=now)
+    # Reactors receive the closing event a moment after the saga ends: keep refreshing a little longer.
+    settling = journey.end is None or now - journey.end < SETTLE
     return {
         "order": order,
         "timeline": timeline,
         "journey": journey,
         "workflow_url": view.state.workflow_url(workflow_id_for(canonical)),
         "cancellable": order.status in CANCELLABLE,
-        "live": not order.status.is_terminal or _reactors_pending(journey),
+        "live": not order.status.is_terminal or journey.in_flight or settling,
     }
-
-
-def _reactors_pending(journey: object) -> bool:
-    """Whether a lane still shows something in flight (keep refreshing until the reactors are done)."""
-    lanes = getattr(journey, "lanes", ())
-    return any(item.span.tone == "open" for lane in lanes for item in lane.items)
 
 
 @router.get("/{order_id}")
@@ -146,15 +145,19 @@ async def cancel_order(
     """Cancel through the REST cancel's command; the answer says whether the saga accepted it."""
     found = await _find(queries, order_id)
     if found is None:
-        return action.render("not_found.html", status=HTTPStatus.NOT_FOUND, order_id=order_id)
+        return action.render(
+            "_cancel_outcome.html", status=HTTPStatus.NOT_FOUND, outcome="No such order.", ok=False
+        )
     canonical = str(found.order_id)
-    reason = f"cancelled from the console by {action.principal.name if action.principal else '?'}"
     try:
-        accepted = await commands.cancel(canonical, reason)
-        outcome, ok = f"Cancel accepted: the saga is unwinding ({accepted.status}).", True
+        await commands.cancel(canonical, f"cancelled from the console by {action.operator.name}")
+        outcome, ok = (
+            "Cancel accepted: the saga gives back the stock and the payment, then closes the order.",
+            True,
+        )
     except CancelRefused as refused:
         outcome, ok = f"Cancel refused: {refused}", False
     action.audit("cancel-order", order_id=canonical, accepted=ok)
     if not is_htmx(action.request):
         return RedirectResponse(f"/console/orders/{canonical}", status_code=HTTPStatus.SEE_OTHER)
-    return action.render("_cancel_outcome.html", outcome=outcome, ok=ok, order_id=canonical)
+    return action.render("_cancel_outcome.html", outcome=outcome, ok=ok)
