@@ -25,12 +25,12 @@ from messaging.topology import Topology
 from ops.launcher import LocalStack
 from reactors.loyalty.reactor import REACTOR as LOYALTY
 from reactors.models import InboxMessage
-from tests.browser.conftest import Shop
-from tests.browser.test_console import WAIT_MS, sign_in
+from tests.browser.conftest import Shop, sign_in
 
 pytestmark = pytest.mark.browser
 
 POINTS_PER_ORDER = 25  # 2 x 12.50 EUR
+WAIT_MS = 30_000
 
 
 async def dead_lettered_by_loyalty(settings: Settings, order_id: str) -> None:

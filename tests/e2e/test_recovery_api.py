@@ -15,10 +15,10 @@ from reactors.loyalty.reactor import REACTOR as LOYALTY
 from reactors.models import DeliveryOutcome
 from reactors.notification.smtp_sink import SmtpSink
 from tests.e2e.conftest import ApiFactory, ApiHarness, auth, order_body
-from tests.e2e.test_console_http import csrf_of, sign_in
+from tests.e2e.console_client import csrf_of, sign_in
 from tests.events import shipped_event
 from tests.integration.conftest import EventStack, event_stack, eventually
-from tests.integration.test_recovery import dead_letter
+from tests.integration.event_helpers import dead_letter
 
 pytestmark = pytest.mark.e2e
 

@@ -16,10 +16,7 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.envelope import CloudEvent, ReceivedEvent
-from infra.models import utcnow
 from messaging.headers import DeadLetterHeaders, ReplayHeaders
-from messaging.models import PUBLISHED, OutboxEvent
-from messaging.outbox import add_to_outbox
 from reactors import replay
 from reactors.analytics.models import DailyOrderCounts, DailySkuSales
 from reactors.analytics.reactor import REACTOR as ANALYTICS
@@ -33,7 +30,7 @@ from reactors.notification.reactor import REACTOR as NOTIFICATION
 from reactors.replay import ReplayRefused, ReplaySelection, SelectionInvalid
 from tests.events import cancelled_event, shipped_event
 from tests.integration.conftest import EventStack, eventually
-from tests.integration.event_helpers import publish
+from tests.integration.event_helpers import dead_letter, in_outbox, publish
 
 pytestmark = pytest.mark.integration
 
@@ -48,26 +45,6 @@ def refusing_reactor(refused: set[str]) -> Reactor:
             raise ConnectionError(f"downstream refuses order {event.subject}")
 
     return Reactor(name="fragile", routing_keys=("order.shipped.v1",), apply=apply)
-
-
-async def dead_letter(
-    events: EventStack, event: CloudEvent, reactor: str, reason: str, at: datetime | None = None
-) -> None:
-    """Put a copy of `event` in the reactor's DLQ the way the runtime does."""
-    await publish(
-        events,
-        event,
-        exchange="",
-        routing_key=events.topology.dead_letter_queue(reactor),
-        headers={
-            DeadLetterHeaders.REACTOR: reactor,
-            DeadLetterHeaders.REASON: reason,
-            DeadLetterHeaders.ATTEMPTS: 3,
-            DeadLetterHeaders.AT: (at or utcnow()).isoformat(),
-            DeadLetterHeaders.EVENT_TYPE: event.type,
-            DeadLetterHeaders.SUBJECT: event.subject,
-        },
-    )
 
 
 async def test_a_failure_group_is_redriven_whole_and_the_other_groups_stay(events: EventStack) -> None:
@@ -149,18 +126,6 @@ async def test_a_filtered_redrive_takes_what_matches_and_a_redriven_duplicate_ha
     assert await events.count(LoyaltyLedgerEntry, LoyaltyLedgerEntry.customer_id == "cust-dedup") == 1
     [left] = await list_dead_letters(events.settings, "loyalty")
     assert left.message_id == other.id  # outside the time range: still there
-
-
-async def in_outbox(events: EventStack, *recorded: CloudEvent) -> None:
-    """Record the events in the outbox as published (as the relay would have left them)."""
-    async with events.database.sessions() as session, session.begin():
-        for event in recorded:
-            await add_to_outbox(session, event)
-        await session.execute(
-            update(OutboxEvent)
-            .where(OutboxEvent.id.in_([event.id for event in recorded]))
-            .values(status=PUBLISHED, published_at=utcnow(), attempts=1)
-        )
 
 
 async def settled(events: EventStack, replay_id: str) -> replay.ReplayStatus:
