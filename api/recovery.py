@@ -37,7 +37,7 @@ class Recovery:
                 return reactor
         raise ReactorNotFound(name, tuple(r.name for r in REACTORS))
 
-    async def dead_letters(self, reactor: str, selection: Selection = dlq.queue.EVERYTHING) -> Scan:
+    async def dead_letters(self, reactor: str, selection: Selection = dlq.EVERYTHING) -> Scan:
         """The reactor's dead letters that `selection` matches, oldest first (left in place)."""
         return await _broker(dlq.scan(self._settings, self.reactor(reactor).name, selection))
 

@@ -7,6 +7,7 @@ that reactor only. `letters` is the pure part (what a dead letter is, its failur
 from reactors.dlq.letters import DeadLetter, DeadLetterDetail, FailureGroup, Selection, group
 from reactors.dlq.queue import (
     DEFAULT_LIMIT,
+    EVERYTHING,
     SCAN_LIMIT,
     Redrive,
     Scan,
@@ -18,6 +19,7 @@ from reactors.dlq.queue import (
 
 __all__ = [
     "DEFAULT_LIMIT",
+    "EVERYTHING",
     "SCAN_LIMIT",
     "DeadLetter",
     "DeadLetterDetail",
