@@ -65,7 +65,7 @@ async def list_dead_letters(
     summary="A reactor's dead letters by failure",
     description="Dead letters whose reasons differ only in ids and numbers form one group (like "
     "ServicePulse's failure groups), largest first; redrive a whole group with its id. Needs `admin`.",
-    responses=problem_responses(401, 403, 404, 503),
+    responses=problem_responses(401, 403, 404, 422, 503),
 )
 async def failure_groups(caller: Admin, recovery: Recoveries, reactor: ReactorName) -> FailureGroups:
     found = await recovery.dead_letters(reactor)
@@ -80,7 +80,7 @@ async def failure_groups(caller: Admin, recovery: Recoveries, reactor: ReactorNa
 @router.get(
     "/{reactor}/messages/{message_id}",
     summary="One dead letter: headers and payload",
-    responses=problem_responses(401, 403, 404, 503),
+    responses=problem_responses(401, 403, 404, 422, 503),
 )
 async def dead_letter(
     caller: Admin,
@@ -99,7 +99,7 @@ async def dead_letter(
     "DLQ, and the reactor's inbox still drops an event it applied already. Choose by ids, a failure "
     "`group` and/or filters, or `all`; `dry_run` only counts (show that count for confirmation). "
     "Needs `admin`.",
-    responses=problem_responses(401, 403, 404, 422, 503),
+    responses=problem_responses(400, 401, 403, 404, 422, 503),
 )
 async def redrive(caller: Admin, recovery: Recoveries, reactor: ReactorName, body: RedriveIn) -> RedriveOut:
     done = await recovery.redrive(reactor, body.selection(), actor=f"api:{caller.name}", dry_run=body.dry_run)

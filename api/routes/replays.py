@@ -22,7 +22,7 @@ ReplayId = Annotated[str, Path(max_length=36, description="The replay's id, as `
     description="What replaying these events to this reactor would do, with counts: events taken (by "
     "type, over how many orders), applied before, to apply, to skip, to reset. Changes nothing. 409 for a "
     "re-apply the reactor refuses; 422 when nothing (or more than 10,000 events) matches. Needs `admin`.",
-    responses=problem_responses(401, 403, 404, 409, 422),
+    responses=problem_responses(400, 401, 403, 404, 409, 422),
 )
 async def plan_replay(caller: Admin, recovery: Recoveries, body: ReplayIn) -> ReplayPlanOut:
     return ReplayPlanOut.of(await recovery.plan(body.reactor, body.mode, body.selection()))
@@ -38,7 +38,7 @@ async def plan_replay(caller: Admin, recovery: Recoveries, body: ReplayIn) -> Re
     "`Location`. Every replayed delivery shows in the ledger and the order's timeline. Needs `admin`.",
     responses={
         202: {"headers": {"Location": {"schema": {"type": "string"}, "required": True}}},
-        **problem_responses(401, 403, 404, 409, 422),
+        **problem_responses(400, 401, 403, 404, 409, 422),
     },
 )
 async def start_replay(
@@ -70,7 +70,7 @@ async def list_replays(
 @router.get(
     "/{replay_id}",
     summary="A replay's progress",
-    responses=problem_responses(401, 403, 404),
+    responses=problem_responses(401, 403, 404, 422),
 )
 async def get_replay(caller: Admin, recovery: Recoveries, replay_id: ReplayId) -> ReplayOut:
     return ReplayOut.of(await recovery.replay(replay_id))
@@ -82,7 +82,7 @@ async def get_replay(caller: Admin, recovery: Recoveries, replay_id: ReplayId) -
     summary="Resume a replay",
     description="Publishes, in the background, the events of a replay whose publishing stopped (state "
     "`failed`, or a process that died) that were not published yet. Needs `admin`.",
-    responses=problem_responses(401, 403, 404),
+    responses=problem_responses(401, 403, 404, 422),
 )
 async def resume_replay(
     caller: Admin, recovery: Recoveries, replay_id: ReplayId, background: BackgroundTasks
