@@ -73,28 +73,26 @@ async def _reading(settings: Settings, reactor: str, purpose: str) -> AsyncItera
     connection = await connect(settings, f"dlq-{purpose}-{reactor}")
     try:
         channel = await asyncio.wait_for(connection.channel(), timeout)
+        # No passive declare: basic.get needs only `read` on the DLQ (the API's broker user has no more).
         name = Topology.from_settings(settings).dead_letter_queue(reactor)
-        try:
-            queue = await channel.get_queue(name, ensure=True)
-        except aiormq.exceptions.ChannelNotFoundEntity:
-            yield _Reader(None, timeout)  # never declared: the reactor never ran, nothing dead-lettered
-            return
-        yield _Reader(queue, timeout)
+        yield _Reader(await channel.get_queue(name, ensure=False), timeout)
     finally:
         await close_quietly(connection, timeout)  # unacked messages go back to the DLQ, in order
 
 
 class _Reader:
-    def __init__(self, queue: AbstractQueue | None, timeout: float) -> None:
+    def __init__(self, queue: AbstractQueue, timeout: float) -> None:
         self._queue = queue
         self._timeout = timeout
 
     async def messages(self) -> AsyncIterator[AbstractIncomingMessage]:
-        """Every message, oldest first, up to SCAN_LIMIT (each left unacked)."""
-        if self._queue is None:
-            return
+        """Every message, oldest first, up to SCAN_LIMIT (each left unacked). A DLQ never declared (the
+        reactor never ran) holds nothing."""
         for _ in range(SCAN_LIMIT):
-            message = await self._queue.get(no_ack=False, fail=False, timeout=self._timeout)
+            try:
+                message = await self._queue.get(no_ack=False, fail=False, timeout=self._timeout)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                return
             if message is None:
                 return
             yield message
