@@ -10,6 +10,7 @@ from pydantic import AwareDatetime, BaseModel, Field, StringConstraints, model_v
 
 from api.fields import CLOSED
 from reactors.dlq import DeadLetter, DeadLetterDetail, FailureGroup, Redrive, Selection
+from reactors.models import ReplayMode
 from reactors.replay import ReplayPlan, ReplaySelection, ReplayStatus
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=64)]
@@ -199,7 +200,7 @@ class ReplayPlanOut(BaseModel):
     def of(cls, plan: ReplayPlan) -> ReplayPlanOut:
         return cls(
             reactor=plan.reactor,
-            mode="reapply" if plan.mode == "reapply" else "backfill",
+            mode=_mode(plan.mode),
             selection=plan.selection.describe(),
             total=plan.total,
             applied_before=plan.applied_before,
@@ -240,7 +241,7 @@ class ReplayOut(BaseModel):
         return cls(
             id=status.id,
             reactor=status.reactor,
-            mode="reapply" if status.mode == "reapply" else "backfill",
+            mode=_mode(status.mode),
             selection=status.selection,
             requested_by=status.requested_by,
             created_at=status.created_at,
@@ -260,3 +261,7 @@ class ReplayOut(BaseModel):
 
 class ReplayList(BaseModel):
     items: list[ReplayOut]
+
+
+def _mode(mode: str) -> ReplayModeIn:
+    return "reapply" if mode == ReplayMode.REAPPLY else "backfill"

@@ -65,6 +65,19 @@ class ReplayMode:
     BACKFILL = "backfill"  # through the inbox: events the reactor applied already are skipped
     REAPPLY = "reapply"  # past the inbox, for exactly the replayed events, after their effects are reset
 
+    @staticmethod
+    def label(mode: str) -> str:
+        """How the ledger and the operator read it."""
+        return "re-apply" if mode == ReplayMode.REAPPLY else "backfill"
+
+
+class ReplayOutcome:
+    """What became of one event of a replay (`ReplayItem.outcome`)."""
+
+    APPLIED = "applied"  # its effects made by the replay (re-applied, or applied for the first time)
+    SKIPPED = "skipped"  # a backfill of an event the reactor had applied already
+    MISSING = "missing"  # its outbox row was deleted (retention) before it could be published
+
 
 class EventReplay(Base):
     """One replay of outbox events to one reactor (`reactors.replay`): who asked for what, and how far the
@@ -100,6 +113,6 @@ class ReplayItem(Base):
     event_type: Mapped[str] = mapped_column(String(100))
     reapply: Mapped[bool] = mapped_column(Boolean)
     published_at: Mapped[datetime | None] = mapped_column()
-    outcome: Mapped[str | None] = mapped_column(String(16))  # applied | skipped (already applied)
+    outcome: Mapped[str | None] = mapped_column(String(16))  # a ReplayOutcome
     settled_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

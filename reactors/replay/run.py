@@ -35,7 +35,14 @@ from messaging.models import OutboxEvent
 from messaging.topology import Topology
 from observability import tracing
 from reactors.base import Reactor
-from reactors.models import DeliveryOutcome, DeliveryRecord, EventReplay, ReplayItem
+from reactors.models import (
+    DeliveryOutcome,
+    DeliveryRecord,
+    EventReplay,
+    ReplayItem,
+    ReplayMode,
+    ReplayOutcome,
+)
 from reactors.replay.selection import (
     ReplayNotFound,
     ReplaySelection,
@@ -49,7 +56,6 @@ log = logging.getLogger(__name__)
 
 CHUNK = 100
 PUBLISHING, PUBLISHED, FAILED = "publishing", "published", "failed"
-MISSING = "missing"  # the item's outbox row was deleted (retention) before it was published
 
 # Told (published so far, total) after each chunk.
 Progress = Callable[[int, int], None]
@@ -141,7 +147,7 @@ async def record(
                     "consumer": reactor.name,
                     "subject": event.subject,
                     "event_type": event.event_type,
-                    "reapply": mode == "reapply",
+                    "reapply": mode == ReplayMode.REAPPLY,
                     "created_at": now,
                 }
                 for event in found
@@ -243,9 +249,15 @@ async def statuses(session: AsyncSession, replay_ids: Sequence[str]) -> list[Rep
                 select(
                     ReplayItem.replay_id,
                     func.count(ReplayItem.published_at).label("published"),
-                    func.sum(case((ReplayItem.outcome == "applied", 1), else_=0)).label("applied"),
-                    func.sum(case((ReplayItem.outcome == "skipped", 1), else_=0)).label("skipped"),
-                    func.sum(case((ReplayItem.outcome == MISSING, 1), else_=0)).label("missing"),
+                    func.sum(case((ReplayItem.outcome == ReplayOutcome.APPLIED, 1), else_=0)).label(
+                        "applied"
+                    ),
+                    func.sum(case((ReplayItem.outcome == ReplayOutcome.SKIPPED, 1), else_=0)).label(
+                        "skipped"
+                    ),
+                    func.sum(case((ReplayItem.outcome == ReplayOutcome.MISSING, 1), else_=0)).label(
+                        "missing"
+                    ),
                 )
                 .where(ReplayItem.replay_id.in_(replay_ids))
                 .group_by(ReplayItem.replay_id)
@@ -313,7 +325,7 @@ async def _mark(
     if not sent and not gone:
         return
     now = utcnow()
-    mode = "re-apply" if replay.mode == "reapply" else "backfill"
+    mode = ReplayMode.label(replay.mode)
     async with sessions() as session, session.begin():
         if sent:
             await session.execute(
@@ -342,7 +354,7 @@ async def _mark(
             await session.execute(
                 update(ReplayItem)
                 .where(ReplayItem.replay_id == replay.id, ReplayItem.message_id.in_(gone))
-                .values(outcome=MISSING, settled_at=now)
+                .values(outcome=ReplayOutcome.MISSING, settled_at=now)
             )
         await session.execute(update(EventReplay).where(EventReplay.id == replay.id).values(updated_at=now))
 

@@ -19,10 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from infra.models import utcnow
 from messaging.headers import ReplayHeaders
-from reactors.models import ReplayItem, ReplayMode
-
-APPLIED = "applied"
-SKIPPED = "skipped"
+from reactors.models import ReplayItem, ReplayMode, ReplayOutcome
 
 
 @dataclass(frozen=True)
@@ -35,7 +32,7 @@ class Replayed:
 
     def detail(self, *, applied: bool, reset: bool) -> str:
         """The ledger detail of its outcome row: "replayed" first, for the timeline."""
-        mode = "re-apply" if self.mode == ReplayMode.REAPPLY else "backfill"
+        mode = ReplayMode.label(self.mode)
         if not applied:
             return f"replayed ({mode} {self.replay_id}): applied before, skipped"
         return f"replayed ({mode} {self.replay_id})" + (": earlier effects reset first" if reset else "")
@@ -67,7 +64,7 @@ async def claim_reapplies(session: AsyncSession, consumer: str, copies: Iterable
                     ReplayItem.reapply.is_(True),
                     ReplayItem.settled_at.is_(None),
                 )
-                .values(outcome=APPLIED, settled_at=utcnow())
+                .values(outcome=ReplayOutcome.APPLIED, settled_at=utcnow())
                 .returning(ReplayItem.message_id)
             )
         )
@@ -89,5 +86,8 @@ async def settle_backfills(
                 ReplayItem.message_id == copy.event_id,
                 ReplayItem.settled_at.is_(None),
             )
-            .values(outcome=APPLIED if copy.event_id in fresh else SKIPPED, settled_at=utcnow())
+            .values(
+                outcome=ReplayOutcome.APPLIED if copy.event_id in fresh else ReplayOutcome.SKIPPED,
+                settled_at=utcnow(),
+            )
         )
