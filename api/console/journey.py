@@ -22,7 +22,8 @@ RIGHT_MARGIN = 16
 ROW_HEIGHT = 22
 LANE_PADDING = 6
 AXIS_HEIGHT = 24
-CHAR_WIDTH = 6.2  # of the 11px label font, for packing labels without overlap
+# Advance widths of the 11px sans-serif label font, generous, for packing labels without overlap.
+WIDE_CHAR, NARROW_CHAR, CHAR = 7.8, 3.6, 6.4
 MIN_BAR = 3.0
 
 Tone = Literal["ok", "fail", "comp", "warn", "info", "open"]
@@ -84,8 +85,9 @@ class Placed:
     x: float
     width: float  # 0 for a mark
     row: int
-    # The label goes left of the item when it would run past the chart's right edge.
-    label_before: bool = False
+    # Where the label goes: after the item, before it (it would run past the chart's right edge), or
+    # inside a bar wide enough to hold it (neither side has room).
+    label_at: Literal["after", "before", "inside"] = "after"
 
     @property
     def y(self) -> float:
@@ -94,8 +96,10 @@ class Placed:
 
     @property
     def label_x(self) -> float:
-        if self.label_before:
+        if self.label_at == "before":
             return self.x - (4 if self.width else 7)
+        if self.label_at == "inside":
+            return self.x + 4
         return self.x + (self.width + 4 if self.width else 7)
 
 
@@ -199,9 +203,12 @@ def _saga_spans(entries: Sequence[Entry], open_end: datetime | None) -> list[Spa
 
 
 def _step_span(entry: Entry, start: datetime, end: datetime, tone: Tone) -> Span:
-    attempts = f" x{entry.attempt}" if entry.attempt and entry.attempt > 1 else ""
     took = format_ms(entry.duration_ms)
-    label = f"{entry.step}{attempts}" + (f" {took}" if took else "")
+    if entry.attempt and entry.attempt > 1:
+        # The bar spans every attempt and the waits between them; the duration is the last attempt's.
+        label = f"{entry.step} ({entry.attempt} attempts" + (f", last {took})" if took else ")")
+    else:
+        label = f"{entry.step}" + (f" {took}" if took else "")
     return Span(start, end, label, tone, _title(entry, took), entry.kind)
 
 
@@ -297,17 +304,31 @@ def _pack(spans: Iterable[Span], x_of: Callable[[datetime], float]) -> list[Plac
         x = x_of(span.start)
         width = max(x_of(span.end) - x, MIN_BAR) if span.end is not None else 0.0
         gap = 4 if width else 7
-        text = len(span.label) * CHAR_WIDTH
-        label_before = x + width + gap + text > WIDTH and x - gap - text > LABEL_WIDTH
-        left = x - gap - text if label_before else x
-        reach = x + width if label_before else x + width + gap + text
-        row = next((i for i, row_end in enumerate(row_ends) if row_end < left - 2), len(row_ends))
+        text = text_width(span.label)
+        label_at: Literal["after", "before", "inside"] = "after"
+        if x + width + gap + text > WIDTH:
+            if x - gap - text > LABEL_WIDTH:
+                label_at = "before"
+            elif width >= text + 8:
+                label_at = "inside"
+        left = x - gap - text if label_at == "before" else x
+        reach = x + width if label_at != "after" else x + width + gap + text
+        # A mark's dot reaches 4.5 units left of its x: keep clear of the label before it.
+        row = next((i for i, row_end in enumerate(row_ends) if row_end < left - 6), len(row_ends))
         if row == len(row_ends):
             row_ends.append(reach)
         else:
             row_ends[row] = reach
-        placed.append(Placed(span, x, width, row, label_before))
+        placed.append(Placed(span, x, width, row, label_at))
     return placed
+
+
+def text_width(label: str) -> float:
+    """About how wide `label` is drawn: capitals and digits are wider than lower case, spaces narrower."""
+    return sum(
+        WIDE_CHAR if c.isupper() or c.isdigit() or c in "_mw" else NARROW_CHAR if c in " .,:;()il" else CHAR
+        for c in label
+    )
 
 
 def _ticks(total_ms: float, plot: float) -> tuple[tuple[float, str], ...]:

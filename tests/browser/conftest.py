@@ -125,11 +125,18 @@ async def browser() -> AsyncIterator[Browser]:
 
 @pytest.fixture
 async def page(browser: Browser) -> AsyncIterator[Page]:
+    """A fresh browser context (no cookies); fails the test if a page logged an error."""
     context = await browser.new_context(viewport={"width": 1360, "height": 900}, device_scale_factor=1)
+    opened = await context.new_page()
+    # Script errors and what the Content-Security-Policy blocked show up here: a page must have none.
+    errors: list[str] = []
+    opened.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    opened.on("pageerror", lambda error: errors.append(str(error)))
     try:
-        yield await context.new_page()
+        yield opened
     finally:
         await context.close()
+    assert errors == [], errors
 
 
 @pytest.fixture

@@ -28,7 +28,8 @@ async def test_an_operator_follows_an_order_across_the_saga_and_the_reactors(
 ) -> None:
     customer = "cust-" + uuid.uuid4().hex[:6]
     await shop.add_product("SKU-JOURNEY", stock=20)
-    shipped = await shop.place({"SKU-JOURNEY": 2}, customer_id=customer)
+    # `tok_flaky` fails twice before the charge goes through: the journey shows the attempts.
+    shipped = await shop.place({"SKU-JOURNEY": 2}, customer_id=customer, token="tok_flaky")
     declined = await shop.place({"SKU-JOURNEY": 1}, customer_id=customer, token="tok_declined")
     await shop.wait_until_handled(shipped, REACTOR_NAMES)
     await shop.wait_until_handled(declined, {"notification", "analytics"})
@@ -46,6 +47,9 @@ async def test_an_operator_follows_an_order_across_the_saga_and_the_reactors(
     saga = page.locator('[data-lane="saga"]')
     await expect(saga.locator('[data-kind="step.completed"]')).to_have_count(SAGA_STEPS)
     await expect(saga.locator('[data-kind="local_step.completed"]')).to_have_count(1)
+    await expect(
+        saga.locator('[data-kind="step.completed"]', has_text="charge_payment (3 attempts")
+    ).to_have_count(1)
     outbox = page.locator('[data-lane="outbox"]')
     await expect(outbox.locator('[data-kind="event.published"]')).to_have_count(1)
     for name in REACTOR_NAMES:
@@ -71,7 +75,10 @@ async def test_an_operator_cancels_an_order_from_its_page(stack: LocalStack, sho
     held = await shop.place({"SKU-CANCEL": 1}, customer_id="cust-cancel", token="tok_hold")
     await page.goto(f"{stack.api_url}/console/orders/{held}")
     page.once("dialog", lambda dialog: dialog.accept())
-    await page.get_by_test_id("cancel").click()
+    async with page.expect_request(f"**/console/orders/{held}/cancel") as sent:
+        await page.get_by_test_id("cancel").click()
+    # htmx sends the session's CSRF token as a header on every request it makes (set on <body>).
+    assert (await sent.value).headers.get("x-csrf-token")
     await expect(page.get_by_test_id("cancel-outcome")).to_contain_text("Cancel accepted")
     # The page refreshes itself while the order is in flight.
     await expect(page.get_by_test_id("order-status")).to_have_text("CANCELLED", timeout=WAIT_MS)
