@@ -18,7 +18,7 @@ from messaging.broker import BROKER_UNAVAILABLE
 from reactors import dlq, replay
 from reactors.base import Reactor
 from reactors.dlq import DeadLetterDetail, Redrive, Scan, Selection
-from reactors.registry import REACTORS
+from reactors.registry import REACTORS, reactor_named
 from reactors.replay import ReplayPlan, ReplaySelection, ReplayStatus
 
 T = TypeVar("T")
@@ -32,10 +32,10 @@ class Recovery:
     @staticmethod
     def reactor(name: str) -> Reactor:
         """The registered reactor `name`. Raises `ReactorNotFound`."""
-        for reactor in REACTORS:
-            if reactor.name == name:
-                return reactor
-        raise ReactorNotFound(name, tuple(r.name for r in REACTORS))
+        try:
+            return reactor_named(name)
+        except LookupError as err:
+            raise ReactorNotFound(name, tuple(r.name for r in REACTORS)) from err
 
     async def dead_letters(self, reactor: str, selection: Selection = dlq.EVERYTHING) -> Scan:
         """The reactor's dead letters that `selection` matches, oldest first (left in place)."""
