@@ -14,7 +14,7 @@ from api.deps import authenticate_caller
 from api.edge import EdgeGuard, RateLimiter, needs_api_key
 from api.problems import document_edge_refusals, install_problem_handlers, use_problem_media_type
 from api.resources import open_resources
-from api.routes import analytics, customers, health, observability, orders, products
+from api.routes import analytics, customers, dead_letters, health, observability, orders, products, replays
 from api.security import ApiKeyRing
 from infra.settings import Settings
 from observability import tracing
@@ -25,8 +25,9 @@ and cancel them while that is still possible.
 
 **Authentication**: `Authorization: Bearer <API key>`. Keys and their scopes come from the settings
 (`API_KEYS`, `API_KEY_SCOPES`): `orders:write` places and cancels, `orders:read` follows and lists,
-`admin` manages products and stock and reads analytics. The local stack's development key is
-`dev-orders-api-key-not-for-production` (all scopes); it is refused when `ENV=production`.
+`admin` manages products and stock, reads analytics, recovers dead letters and replays events. The local
+stack's development key is `dev-orders-api-key-not-for-production` (all scopes); it is refused when
+`ENV=production`.
 
 **Errors** are RFC 9457 problem documents (`application/problem+json`); `errors` locates each invalid
 field. **Idempotency**: `POST /orders` needs an `Idempotency-Key` header (IETF draft semantics).
@@ -37,6 +38,11 @@ TAGS = [
     {"name": "products", "description": "The catalogue and its stock (`admin`)."},
     {"name": "customers", "description": "Loyalty points, kept by a reactor from order events."},
     {"name": "analytics", "description": "Daily sales, kept by a reactor from order events (`admin`)."},
+    {
+        "name": "dead letters",
+        "description": "Each reactor's DLQ by failure group; inspect, redrive (`admin`).",
+    },
+    {"name": "replays", "description": "Outbox events sent again to one reactor (`admin`)."},
     {"name": "operations", "description": "Liveness and readiness probes, Prometheus metrics."},
     {"name": "events", "description": "The catalog of the order events (AsyncAPI 3.0)."},
 ]
@@ -85,6 +91,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.openapi = _openapi_with_problem_media_type(app)  # type: ignore[method-assign]
     install_problem_handlers(app)
     routers = [orders.router, products.router, customers.router, analytics.router]
+    routers += [dead_letters.router, replays.router]
     routers += [health.router, observability.router]
     for router in routers:
         # The running cap of a body as it is read (a chunked one); a declared length is EdgeGuard's.

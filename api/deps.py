@@ -19,6 +19,7 @@ from api.fields import SKU_PATTERN
 from api.idempotency import IdempotencyKeys, InvalidKey, parse_key
 from api.problems import ApiProblem, problem_type
 from api.queries import OrderQueries
+from api.recovery import Recovery
 from api.resources import Resources
 from api.security import Principal, Scope
 from observability.logs import bind_log_context
@@ -95,7 +96,12 @@ def _catalog(resources: ResourcesDep) -> Catalog:
     return Catalog(resources.database.sessions)
 
 
+def _recovery(resources: ResourcesDep) -> Recovery:
+    return Recovery(resources.settings, resources.database.sessions)
+
+
 Commands = Annotated[OrderCommands, Depends(_order_commands)]
+Recoveries = Annotated[Recovery, Depends(_recovery)]
 Queries = Annotated[OrderQueries, Depends(_order_queries)]
 Products = Annotated[Catalog, Depends(_catalog)]
 

@@ -70,3 +70,21 @@ class StockConflict(ServiceError):
         super().__init__(detail)
         self.on_hand = on_hand
         self.reserved = reserved
+
+
+class ReactorNotFound(ServiceError):
+    def __init__(self, name: str, known: tuple[str, ...]) -> None:
+        super().__init__(f"there is no reactor {name} (registered: {', '.join(known)})")
+        self.name = name
+
+
+class DeadLetterNotFound(ServiceError):
+    def __init__(self, reactor: str, message_id: str) -> None:
+        super().__init__(f"{reactor} has no dead letter {message_id}")
+
+
+class BrokerUnavailable(ServiceError):
+    """RabbitMQ did not answer (dead letters live there): retry shortly."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"the broker is not reachable: {cause}")

@@ -15,18 +15,22 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 
 from api.errors import (
+    BrokerUnavailable,
     CancelRefused,
+    DeadLetterNotFound,
     OrchestratorUnavailable,
     OrderNotFound,
     OrderRejected,
     ProductExists,
     ProductNotFound,
+    ReactorNotFound,
     ServiceError,
     StockConflict,
 )
 from api.idempotency import KeyInFlight, KeyReused
 from api.pagination import InvalidCursor
 from domain.errors import CurrencyMismatch, UnknownProduct
+from reactors.replay import ReplayError, ReplayNotFound, ReplayRefused
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +221,30 @@ def _service_problem(err: Exception) -> ApiProblem:
             )
         case InvalidCursor():
             return invalid_cursor(err)
+        case ReactorNotFound():
+            return ApiProblem(HTTPStatus.NOT_FOUND, str(err), type_=problem_type("reactor-not-found"))
+        case DeadLetterNotFound():
+            return ApiProblem(HTTPStatus.NOT_FOUND, str(err), type_=problem_type("dead-letter-not-found"))
+        case BrokerUnavailable():
+            return ApiProblem(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                str(err),
+                type_=problem_type("broker-unavailable"),
+                headers={"Retry-After": "5"},
+            )
+        case ReplayNotFound():
+            return ApiProblem(HTTPStatus.NOT_FOUND, str(err), type_=problem_type("replay-not-found"))
+        case ReplayRefused():
+            return ApiProblem(
+                HTTPStatus.CONFLICT, str(err), type_=problem_type("replay-refused"), title="Replay refused"
+            )
+        case ReplayError():  # the selection: no criterion, nothing matches, too many events
+            return ApiProblem(
+                HTTPStatus.UNPROCESSABLE_ENTITY,
+                str(err),
+                type_=problem_type("replay-selection-invalid"),
+                title="The replay's selection is not valid",
+            )
     raise TypeError(f"no problem mapping for {type(err).__name__}") from err
 
 
@@ -324,7 +352,7 @@ def install_problem_handlers(app: FastAPI) -> None:
         return problem_response(request, status, status.phrase, "an unexpected error occurred")
 
     app.add_exception_handler(ApiProblem, on_api_problem)
-    for refusal in (ServiceError, KeyReused, KeyInFlight, InvalidCursor):
+    for refusal in (ServiceError, KeyReused, KeyInFlight, InvalidCursor, ReplayError):
         app.add_exception_handler(refusal, on_service_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)

@@ -3,7 +3,8 @@
 What goes, each after its own retention (Settings `RETENTION_*`):
 - `outbox_events` rows the relay has published (pending rows stay whatever their age);
 - `inbox_messages` rows (the reactors' deduplication; kept at least as long as the outbox rows);
-- `reactor_deliveries` rows (the per-delivery ledger the timeline shows);
+- `reactor_deliveries` rows (the per-delivery ledger the timeline shows), and with the same retention the
+  operators' replays (`event_replays`, `event_replay_items`);
 - `idempotency_keys` that are finished (`completed`, `retryable`); keys in flight stay;
 - `notifications` that were sent, their bodies with them (mails still being sent stay).
 
@@ -49,6 +50,13 @@ _inbox = table(
     column("processed_at", UTCDateTime()),
 )
 _deliveries = table("reactor_deliveries", column("id"), column("created_at", UTCDateTime()))
+_replays = table("event_replays", column("id", String), column("created_at", UTCDateTime()))
+_replay_items = table(
+    "event_replay_items",
+    column("replay_id", String),
+    column("message_id", String),
+    column("created_at", UTCDateTime()),
+)
 _idempotency = table(
     "idempotency_keys",
     column("principal", String),
@@ -103,6 +111,23 @@ RULES = (
         lambda s: s.retention_deliveries_days,
         lambda cutoff: _deliveries.c.created_at < cutoff,
         "id",
+    ),
+    # Operators' replays and their items: the audit of the deliveries they caused goes with the ledger.
+    Rule(
+        "replay_items",
+        _replay_items,
+        ("replay_id", "message_id"),
+        lambda s: s.retention_deliveries_days,
+        lambda cutoff: _replay_items.c.created_at < cutoff,
+        "created_at",
+    ),
+    Rule(
+        "replays",
+        _replays,
+        ("id",),
+        lambda s: s.retention_deliveries_days,
+        lambda cutoff: _replays.c.created_at < cutoff,
+        "created_at",
     ),
     Rule(
         "idempotency_keys",

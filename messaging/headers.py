@@ -11,7 +11,8 @@ Two families, not to be confused:
   - `LAST_ERROR` (`x-last-error`, str <= 500 chars): why the previous attempt failed;
   - the `DeadLetterHeaders` on a message in a DLQ: which reactor gave up, why, after how many attempts
     (`x-attempts`, the count of attempts made, unlike `x-attempt` above), when, and the event's type and
-    subject; `REDRIVEN` counts how often it was sent back from the DLQ.
+    subject; `REDRIVEN` counts how often it was sent back from the DLQ;
+  - the `ReplayHeaders` on an event replayed from the outbox to one reactor.
 """
 
 from __future__ import annotations
@@ -47,6 +48,13 @@ class DeadLetterHeaders:
     EVENT_TYPE: Final = "x-event-type"  # CloudEvents type, "" when unknown
     SUBJECT: Final = "x-subject"  # the order id, "" when unknown
     REDRIVEN: Final = "x-redriven"  # int: times redriven from the DLQ (absent: never)
+
+
+class ReplayHeaders:
+    """Headers of an event an operator's replay published again to one reactor (`reactors.replay`)."""
+
+    ID: Final = "x-replay-id"  # the replay's id (its row in `event_replays`)
+    MODE: Final = "x-replay-mode"  # "backfill" or "reapply"
 
 
 # What a redrive strips before sending a dead letter back: the broker's history and the runtime's verdict.

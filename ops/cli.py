@@ -2,7 +2,8 @@
 
 order-saga orders place --item SKU-A:2 --token tok_ok --country DE
 order-saga orders show ORDER_ID | orders list [--status S] | orders cancel ORDER_ID
-order-saga dlq list REACTOR | dlq redrive REACTOR [IDS...] [--all]
+order-saga dlq list|groups|show|redrive REACTOR ... (ids, --group, filters or --all; --dry-run)
+order-saga replay plan|run REACTOR --mode backfill|reapply --order ID | replay status|resume|list
 order-saga outbox status | queues migrate REACTOR... | retention run
 order-saga timeline ORDER_ID | asyncapi
 order-saga demo
@@ -23,7 +24,7 @@ from infra.db import open_database
 from infra.retention import RetentionReport, run_retention
 from infra.settings import load_settings
 from messaging.outbox_status import OutboxStatus, outbox_status
-from ops import demo, dlq_commands, queues
+from ops import demo, dlq_commands, queues, replay_commands
 from ops.api_client import ApiError, OrdersApi
 from ops.demo import amount_text
 from ops.inspect import asyncapi_command, timeline_command
@@ -37,7 +38,8 @@ retention_app = typer.Typer(
     help="Bounded tables: delete rows older than their retention.", no_args_is_help=True
 )
 app.add_typer(orders_app, name="orders")
-app.add_typer(dlq_commands.app, name="dlq", help="Dead letters of a reactor: list and redrive.")
+app.add_typer(dlq_commands.app, name="dlq", help="Dead letters of a reactor: list, group, redrive.")
+app.add_typer(replay_commands.app, name="replay")
 app.add_typer(outbox_app, name="outbox")
 app.add_typer(queues.app, name="queues")
 app.add_typer(retention_app, name="retention")

@@ -1,70 +1,196 @@
-"""`order-saga dlq`: a reactor's dead letters, listed and redriven to that reactor only (`reactors.dlq`)."""
+"""`order-saga dlq`: a reactor's dead letters, listed, grouped, inspected and redriven to that reactor only
+(`reactors.dlq`, the implementation the HTTP API and the console use too)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from infra.db import open_database
 from infra.settings import load_settings
-from reactors.dlq import DEFAULT_LIMIT, list_dead_letters, redrive
+from reactors import dlq
+from reactors.dlq import DEFAULT_LIMIT, Selection
 from reactors.registry import reactor_named
 
+console = Console(width=max(Console().width, 140))
 app = typer.Typer(
-    help="Dead letters of a reactor: list them, redrive them to that reactor only.", no_args_is_help=True
+    help="Dead letters of a reactor: list, group by failure, inspect, redrive to that reactor only.",
+    no_args_is_help=True,
 )
 
-
-@app.command("list")
-def list_command(
-    reactor: Annotated[str, typer.Argument(help="reactor name, e.g. notification")],
-    limit: Annotated[int, typer.Option(help="show at most this many")] = DEFAULT_LIMIT,
-) -> None:
-    """List a reactor's dead letters: id, type, order, attempts, reason."""
-    letters = asyncio.run(list_dead_letters(load_settings(), _known(reactor), limit=limit))
-    if not letters:
-        typer.echo(f"no dead letters for {reactor}")
-        return
-    typer.echo(f"{'ID':36}  {'TYPE':22}  {'ORDER':36}  {'ATTEMPTS':>8}  REASON")
-    for letter in letters:
-        typer.echo(
-            f"{letter.message_id:36}  {letter.event_type:22}  {letter.order_id:36}  {letter.attempts:>8}  "
-            f"{letter.reason}"
-        )
+Reactor = Annotated[str, typer.Argument(help="reactor name, e.g. notification")]
+EventType = Annotated[str | None, typer.Option("--type", help="only this event type")]
+Reason = Annotated[str | None, typer.Option(help="only reasons containing this text (any case)")]
+Group = Annotated[str | None, typer.Option(help="only this failure group (its id, see `dlq groups`)")]
+OrderId = Annotated[str | None, typer.Option("--order", help="only this order's dead letters")]
+Since = Annotated[str | None, typer.Option(help="dead-lettered at or after (ISO 8601, UTC if no zone)")]
+Until = Annotated[str | None, typer.Option(help="dead-lettered before (ISO 8601, UTC if no zone)")]
 
 
-@app.command("redrive")
-def redrive_command(
-    reactor: Annotated[str, typer.Argument(help="reactor name, e.g. notification")],
-    message_ids: Annotated[
-        list[str] | None, typer.Argument(help="ids of the dead letters to redrive")
-    ] = None,
-    redrive_all: Annotated[bool, typer.Option("--all", help="redrive every dead letter")] = False,
-) -> None:
-    """Send dead letters back to the reactor's queue (deduplicated by its inbox as usual)."""
-    if bool(message_ids) == redrive_all:
-        raise typer.BadParameter("give message ids or --all (not both)")
-    settings = load_settings()
-
-    async def _run() -> list[str]:
-        database = open_database(settings)
-        try:
-            return await redrive(
-                settings, database.sessions, _known(reactor), None if redrive_all else message_ids
-            )
-        finally:
-            await database.dispose()
-
-    done = asyncio.run(_run())
-    typer.echo(f"redrove {len(done)} message(s) to {reactor}")
-    for message_id in done:
-        typer.echo(f"  {message_id}")
+def parse_time(text: str | None) -> datetime | None:
+    """An ISO 8601 time from the command line; UTC when it names no zone."""
+    if text is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError as err:
+        raise typer.BadParameter(f"not an ISO 8601 time: {text!r}") from err
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _known(reactor: str) -> str:
+def known(reactor: str) -> str:
     try:
         return reactor_named(reactor).name
     except LookupError as err:
         raise typer.BadParameter(str(err)) from err
+
+
+def _selection(
+    ids: list[str] | None,
+    event_type: str | None,
+    reason: str | None,
+    group: str | None,
+    order_id: str | None,
+    since: str | None,
+    until: str | None,
+) -> Selection:
+    return Selection(
+        message_ids=frozenset(ids) if ids else None,
+        group=group,
+        event_type=event_type,
+        reason=reason,
+        order_id=order_id,
+        since=parse_time(since),
+        until=parse_time(until),
+    )
+
+
+@app.command("list")
+def list_command(
+    reactor: Reactor,
+    event_type: EventType = None,
+    reason: Reason = None,
+    group: Group = None,
+    order_id: OrderId = None,
+    since: Since = None,
+    until: Until = None,
+    limit: Annotated[int, typer.Option(help="show at most this many")] = DEFAULT_LIMIT,
+) -> None:
+    """A reactor's dead letters, oldest first: id, type, order, attempts, age, group, reason."""
+    selection = _selection(None, event_type, reason, group, order_id, since, until)
+    found = asyncio.run(dlq.scan(load_settings(), known(reactor), selection))
+    if not found.letters:
+        typer.echo(f"no dead letters for {reactor}" + ("" if selection.everything else " match"))
+        return
+    now = datetime.now(UTC)
+    table = Table("id", "type", "order", "attempts", "age", "group", "reason")
+    for letter in found.letters[:limit]:
+        age = letter.age_seconds(now)
+        table.add_row(
+            letter.message_id,
+            letter.event_type,
+            letter.order_id,
+            str(letter.attempts),
+            "?" if age is None else _age(age),
+            letter.group,
+            letter.reason,
+        )
+    console.print(table)
+    console.print(
+        f"{len(found.letters)} dead letter(s)" + (" (first 10,000 examined)" if found.truncated else "")
+    )
+
+
+@app.command("groups")
+def groups_command(reactor: Reactor) -> None:
+    """A reactor's dead letters grouped by failure (reasons that differ only in ids and numbers)."""
+    found = asyncio.run(dlq.scan(load_settings(), known(reactor)))
+    groups = dlq.group(found.letters)
+    if not groups:
+        typer.echo(f"no dead letters for {reactor}")
+        return
+    table = Table("group", "count", "types", "first", "last", "failure")
+    for failure in groups:
+        table.add_row(
+            failure.id,
+            str(failure.count),
+            ", ".join(failure.event_types),
+            failure.first_at.isoformat(timespec="seconds") if failure.first_at else "?",
+            failure.last_at.isoformat(timespec="seconds") if failure.last_at else "?",
+            failure.signature,
+        )
+    console.print(table)
+
+
+@app.command("show")
+def show_command(reactor: Reactor, message_id: str) -> None:
+    """One dead letter: its properties, headers and payload."""
+    detail = asyncio.run(dlq.inspect(load_settings(), known(reactor), message_id))
+    if detail is None:
+        typer.echo(f"no dead letter {message_id} for {reactor}", err=True)
+        raise typer.Exit(1)
+    console.print_json(
+        json.dumps(
+            {"properties": detail.properties, "headers": detail.headers, "payload": detail.payload},
+            default=str,
+        )
+    )
+
+
+@app.command("redrive")
+def redrive_command(
+    reactor: Reactor,
+    message_ids: Annotated[
+        list[str] | None, typer.Argument(help="ids of the dead letters to redrive")
+    ] = None,
+    redrive_all: Annotated[bool, typer.Option("--all", help="every dead letter of the reactor")] = False,
+    event_type: EventType = None,
+    reason: Reason = None,
+    group: Group = None,
+    order_id: OrderId = None,
+    since: Since = None,
+    until: Until = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="only count what would be redriven")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+) -> None:
+    """Send the chosen dead letters back to the reactor's queue (deduplicated by its inbox as usual).
+
+    Choose by ids, `--group`, the filters (combined), or `--all`. Without `--yes` it counts them first and
+    asks."""
+    selection = _selection(message_ids, event_type, reason, group, order_id, since, until)
+    if selection.everything != redrive_all:
+        raise typer.BadParameter("choose dead letters (ids, --group or filters) or --all, not both")
+    name = known(reactor)
+    settings = load_settings()
+
+    async def run(dry: bool) -> dlq.Redrive:
+        database = open_database(settings)
+        try:
+            return await dlq.redrive(settings, database.sessions, name, selection, actor="cli", dry_run=dry)
+        finally:
+            await database.dispose()
+
+    if dry_run or not yes:
+        counted = asyncio.run(run(True))
+        typer.echo(f"{counted.matched} dead letter(s) of {name} match ({selection.describe()})")
+        if dry_run or counted.matched == 0:
+            return
+        typer.confirm(f"redrive them to {name}?", abort=True)
+    done = asyncio.run(run(False))
+    typer.echo(f"redrove {len(done.redriven)} message(s) to {name}")
+    for message_id in done.redriven:
+        typer.echo(f"  {message_id}")
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7_200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3_600:.1f}h" if seconds < 172_800 else f"{seconds / 86_400:.1f}d"

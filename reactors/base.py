@@ -12,6 +12,11 @@
 - `prepare_batch(events, context)` (optional) prepares several events and returns the error of each event
   it could not prepare, by event id; by default `prepare` is called for each.
 
+- `reset(events, session)` (optional) undoes the effects `apply` made for these events (all applied
+  before), in the transaction that then applies them again: an operator's re-apply (`reactors.replay`)
+  after a fix. A reactor without it refuses re-applies (`cannot_reset` says why); a reactor with a
+  `prepare` step cannot declare one (an effect outside the database cannot be undone in the transaction).
+
 Raise `PermanentError` for a message no retry can fix (dead-lettered at once); any other exception is taken
 as transient and retried after a delay, up to the configured number of attempts.
 """
@@ -62,6 +67,7 @@ Apply = Callable[[ReceivedEvent, AsyncSession], Awaitable[None]]
 ApplyBatch = Callable[[Sequence[ReceivedEvent], AsyncSession], Awaitable[None]]
 Prepare = Callable[[ReceivedEvent, ReactorContext], Awaitable[None]]
 PrepareBatch = Callable[[Sequence[ReceivedEvent], ReactorContext], Awaitable[dict[str, Exception]]]
+Reset = Callable[[Sequence[ReceivedEvent], AsyncSession], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,13 @@ class Reactor:
     publishes: tuple[str, ...] = ()
     apply_batch: ApplyBatch | None = None
     prepare_batch: PrepareBatch | None = None
+    reset: Reset | None = None
+    # Why re-applies are refused when there is no `reset` (shown to the operator).
+    cannot_reset: str = "it declares no way to reset its effects"
+
+    def __post_init__(self) -> None:
+        if self.reset is not None and self.prepares:
+            raise ValueError(f"{self.name}: a reactor with a prepare step cannot declare a reset")
 
     @property
     def subscription(self) -> Subscription:

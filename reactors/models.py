@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Float, Index, Integer, String, Text
+from sqlalchemy import Boolean, Float, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from infra.models import Base, utcnow
@@ -33,6 +33,8 @@ class DeliveryOutcome:
     REDRIVEN = "redriven"
     # Re-driven from the outbox: a retry the broker lost between its wait queue and the reactor's queue.
     RETRY_RECOVERED = "retry_recovered"
+    # Published again from the outbox to this reactor by an operator's replay (reactors.replay).
+    REPLAYED = "replayed"
 
 
 class DeliveryRecord(Base):
@@ -57,3 +59,60 @@ class DeliveryRecord(Base):
     duration_ms: Mapped[float | None] = mapped_column(Float)
     # The trace the delivery belongs to (from its `traceparent` header), to find it in a tracing backend.
     trace_id: Mapped[str | None] = mapped_column(String(32))
+
+
+class ReplayMode:
+    BACKFILL = "backfill"  # through the inbox: events the reactor applied already are skipped
+    REAPPLY = "reapply"  # past the inbox, for exactly the replayed events, after their effects are reset
+
+    @staticmethod
+    def label(mode: str) -> str:
+        """How the ledger and the operator read it."""
+        return "re-apply" if mode == ReplayMode.REAPPLY else "backfill"
+
+
+class ReplayOutcome:
+    """What became of one event of a replay (`ReplayItem.outcome`)."""
+
+    APPLIED = "applied"  # its effects made by the replay (re-applied, or applied for the first time)
+    SKIPPED = "skipped"  # a backfill of an event the reactor had applied already
+    MISSING = "missing"  # its outbox row was deleted (retention) before it could be published
+
+
+class EventReplay(Base):
+    """One replay of outbox events to one reactor (`reactors.replay`): who asked for what, and how far the
+    publishing got (`state`: publishing, published, failed with `last_error`)."""
+
+    __tablename__ = "event_replays"
+    __table_args__ = (Index("ix_event_replays_created_at", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    consumer: Mapped[str] = mapped_column(String(64))
+    mode: Mapped[str] = mapped_column(String(16))
+    selection: Mapped[str] = mapped_column(Text)  # what the operator chose, as they would read it
+    requested_by: Mapped[str] = mapped_column(String(100))
+    total: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ReplayItem(Base):
+    """One event of a replay. For a re-apply, the row is also the grant the runtime claims (`settled_at`
+    set, in the transaction of the effects) to apply that event once more past its inbox; a second copy
+    of the message finds it claimed and is a duplicate."""
+
+    __tablename__ = "event_replay_items"
+    __table_args__ = (Index("ix_event_replay_items_created_at", "created_at"),)
+
+    replay_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    consumer: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(64))
+    event_type: Mapped[str] = mapped_column(String(100))
+    reapply: Mapped[bool] = mapped_column(Boolean)
+    published_at: Mapped[datetime | None] = mapped_column()
+    outcome: Mapped[str | None] = mapped_column(String(16))  # a ReplayOutcome
+    settled_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

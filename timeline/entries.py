@@ -9,7 +9,8 @@ Three sources, each turned into typed entries by a pure function, then merged in
 - the outbox rows of the order (`timeline.records.outbox_entries`): event recorded, published, publish
   attempts and errors;
 - the reactors' delivery ledger (`timeline.records.delivery_entries`): received, processed, duplicate
-  ignored, retry scheduled, dead-lettered, redriven.
+  ignored, retry scheduled, dead-lettered, redriven, replayed (an operator's replay published it again to
+  that reactor; its `processed` or `duplicate ignored` row then says "replayed" too).
 
 No I/O in these modules: `timeline.sources` reads the history from the Temporal server (so a restarted or
 replaced worker changes nothing) and the two tables; `timeline.render` draws it.

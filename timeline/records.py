@@ -115,6 +115,7 @@ _DELIVERY_SUMMARIES = {
     "dead_lettered": "dead-lettered",
     "redriven": "redriven from the DLQ",
     "retry_recovered": "retry lost by the broker, re-driven from the outbox",
+    "replayed": "replayed from the outbox",
 }
 
 

@@ -25,7 +25,7 @@ from api.console.deps import (
     is_htmx,
 )
 from api.console.journey import format_ms
-from api.console.routes import auth, health, orders
+from api.console.routes import auth, dead_letters, health, orders, replays
 from api.console.session import SessionCodec
 from domain.money import format_amount
 from infra.settings import Settings
@@ -35,8 +35,19 @@ STATIC_PATH = "/console/static"
 
 # Every console router, and the navigation bar's entries in their order. A new page: add its router here
 # and, if it belongs in the navigation, its entry (see the package docstring).
-ROUTERS: tuple[APIRouter, ...] = (auth.router, orders.router, health.router)
-NAV: tuple[NavItem, ...] = (NavItem("Orders", "/console/orders"), NavItem("Health", "/console/health"))
+ROUTERS: tuple[APIRouter, ...] = (
+    auth.router,
+    orders.router,
+    health.router,
+    dead_letters.router,
+    replays.router,
+)
+NAV: tuple[NavItem, ...] = (
+    NavItem("Orders", "/console/orders"),
+    NavItem("Health", "/console/health"),
+    NavItem("Dead letters", "/console/dead-letters"),
+    NavItem("Replays", "/console/replays"),
+)
 
 log = logging.getLogger(__name__)
 

@@ -151,7 +151,7 @@ async def order_notifications(caller: OrderReader, order_id: OrderId, queries: Q
     "the broker: every saga step (scheduled, started, completed or failed, with attempts and durations), "
     "compensations and cancel requests from the saga's Temporal history; the outbox (event recorded, "
     "published, failed publish attempts); and each reactor's deliveries (received, processed, duplicate "
-    "ignored, retry scheduled, dead-lettered, redriven). Works in any state of the order. "
+    "ignored, retry scheduled, dead-lettered, redriven, replayed). Works in any state of the order. "
     "Needs `orders:read`.",
     responses=problem_responses(401, 403, 404, 422),
 )

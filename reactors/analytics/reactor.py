@@ -22,6 +22,17 @@ NAME = "analytics"
 
 async def apply_batch(events: Sequence[ReceivedEvent], session: AsyncSession) -> None:
     """The events' increments summed per counter row, then one upsert per table."""
+    await _add(events, session, 1)
+
+
+async def reset(events: Sequence[ReceivedEvent], session: AsyncSession) -> None:
+    """Subtract what `apply_batch` adds for these events (before an operator's re-apply). The counters keep
+    no per-event record: this takes back what the current code computes from the event, which is what the
+    code that applied it added unless a fix changed that arithmetic (see README, "Event replay")."""
+    await _add(events, session, -1)
+
+
+async def _add(events: Sequence[ReceivedEvent], session: AsyncSession, sign: int) -> None:
     sales: list[CounterRow] = []
     orders: list[CounterRow] = []
     for event in events:
@@ -31,14 +42,14 @@ async def apply_batch(events: Sequence[ReceivedEvent], session: AsyncSession) ->
                 sales.extend(
                     (
                         {"day": day, "sku": line.sku, "currency": shipped.currency},
-                        {"units": line.quantity, "revenue": line.line_total},
+                        {"units": sign * line.quantity, "revenue": sign * line.line_total},
                     )
                     for line in shipped.lines
                 )
-                orders.append(({"day": day}, {"orders_shipped": 1, "orders_cancelled": 0}))
+                orders.append(({"day": day}, {"orders_shipped": sign, "orders_cancelled": 0}))
             case OrderCancelledV1() as cancelled:
                 day = cancelled.cancelled_at.astimezone(UTC).date()
-                orders.append(({"day": day}, {"orders_shipped": 0, "orders_cancelled": 1}))
+                orders.append(({"day": day}, {"orders_shipped": 0, "orders_cancelled": sign}))
             case _:
                 raise unsupported(NAME, event)
     await add_to_counters(session, DailySkuSales, sales)
@@ -54,4 +65,5 @@ REACTOR = Reactor(
     routing_keys=(ORDER_SHIPPED_V1.routing_key, ORDER_CANCELLED_V1.routing_key),
     apply=apply,
     apply_batch=apply_batch,
+    reset=reset,
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import delete, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.envelope import ReceivedEvent
@@ -64,6 +64,27 @@ async def apply(event: ReceivedEvent, session: AsyncSession) -> None:
     await apply_batch([event], session)
 
 
+async def reset(events: Sequence[ReceivedEvent], session: AsyncSession) -> None:
+    """Reverse the points of these events (before an operator's re-apply): their ledger entries go and each
+    balance loses the points those entries recorded, not recomputed ones, so a re-apply after a fix of
+    the formula takes back exactly what the old formula credited."""
+    removed = await session.execute(
+        delete(LoyaltyLedgerEntry)
+        .where(LoyaltyLedgerEntry.event_id.in_([event.id for event in events]))
+        .returning(LoyaltyLedgerEntry.customer_id, LoyaltyLedgerEntry.points)
+    )
+    await add_to_counters(
+        session,
+        LoyaltyBalance,
+        [({"customer_id": customer_id}, {"points": -points}) for customer_id, points in removed],
+        also_set={"updated_at": utcnow()},
+    )
+
+
 REACTOR = Reactor(
-    name=NAME, routing_keys=(ORDER_SHIPPED_V1.routing_key,), apply=apply, apply_batch=apply_batch
+    name=NAME,
+    routing_keys=(ORDER_SHIPPED_V1.routing_key,),
+    apply=apply,
+    apply_batch=apply_batch,
+    reset=reset,
 )

@@ -312,4 +312,6 @@ REACTOR = Reactor(
     apply=check_mail_sent,
     apply_batch=check_mails_sent,
     prepare_batch=send_mails,
+    # Replays to it are backfills only: events it never mailed about are mailed, the others skipped.
+    cannot_reset="a mail cannot be unsent",
 )

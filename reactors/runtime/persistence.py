@@ -24,6 +24,7 @@ from messaging.headers import DeadLetterHeaders
 from observability import tracing
 from reactors.base import Reactor
 from reactors.models import DeliveryOutcome, DeliveryRecord, InboxMessage
+from reactors.runtime.replaying import Replayed, claim_reapplies, replay_of, settle_backfills
 from reactors.sql import dialect_insert, table_of
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,11 @@ class Delivery:
     def redriven(self) -> str | None:
         """The ledger detail of a processed delivery that came back from the DLQ."""
         return "redriven" if self.message.headers.get(DeadLetterHeaders.REDRIVEN) else None
+
+    @property
+    def replay(self) -> Replayed | None:
+        """The operator's replay this delivery is a copy of, if it is one."""
+        return replay_of(self.event.id, self.message.headers)
 
 
 class Ledger:
@@ -80,31 +86,50 @@ class Ledger:
         """One transaction: the inbox rows of `leads` (the first copy of each event), the reactor's effects
         for those not applied before, and two ledger rows for every delivery of an event in `leads`.
         Returns the outcome of each such delivery: `processed` for a lead applied now, else
-        `duplicate_ignored`. Deliveries of events not in `leads` are not touched. Raises what the
-        database or the reactor raises (nothing is then written)."""
+        `duplicate_ignored`. Deliveries of events not in `leads` are not touched. A copy from an operator's
+        replay is settled on its replay item, and a re-apply's event applied again past its inbox row
+        (`replaying`). Raises what the database or the reactor raises (nothing is then written)."""
         outcomes: dict[Delivery, str] = {}
         rows: list[dict[str, object]] = []
+        replays = {
+            delivery.event.id: copy
+            for delivery in deliveries
+            if delivery.event.id in leads and (copy := delivery.replay) is not None
+        }
         async with self._sessions() as session, session.begin():
             fresh = await self._insert_inbox(session, [lead.event for lead in leads.values()])
-            to_apply = [lead.event for lead in leads.values() if lead.event.id in fresh]
+            reapplied: set[str] = set()
+            if replays and self._reactor.reset is not None:
+                reapplied = await claim_reapplies(session, self.consumer, replays.values())
+                to_reset = [leads[event_id].event for event_id in reapplied - fresh]
+                if to_reset:
+                    await self._reactor.reset(to_reset, session)
+            applied_now = fresh | reapplied
+            to_apply = [lead.event for lead in leads.values() if lead.event.id in applied_now]
             if len(to_apply) == 1:
                 await self._reactor.apply(to_apply[0], session)  # a lone event goes through `apply`
             elif to_apply:
                 await self._reactor.apply_all(to_apply, session)
+            if replays:
+                await settle_backfills(session, self.consumer, replays.values(), fresh)
             for delivery in deliveries:
                 lead = leads.get(delivery.event.id)
                 if lead is None:
                     continue
-                processed = delivery is lead and delivery.event.id in fresh
+                event_id = delivery.event.id
+                processed = delivery is lead and event_id in applied_now
                 outcome = DeliveryOutcome.PROCESSED if processed else DeliveryOutcome.DUPLICATE_IGNORED
+                detail = delivery.redriven if processed else None
+                if delivery is lead and event_id in replays:
+                    detail = replays[event_id].detail(applied=processed, reset=event_id in reapplied - fresh)
                 rows += self.rows(
-                    delivery.event.id,
+                    event_id,
                     delivery.event,
                     delivery.attempt,
                     received_at,
                     delivery.trace_id,
                     outcome,
-                    delivery.redriven if processed else None,
+                    detail,
                 )
                 outcomes[delivery] = outcome
             await _write(session, rows)

@@ -105,6 +105,15 @@ def reactor_needs(topology: Topology, reactor_name: str) -> Needs:
     return needs
 
 
+def api_needs(topology: Topology) -> Needs:
+    """The API reads each reactor's DLQ (basic.get, no declare) and sends dead letters and replayed events
+    to a reactor's queue through the default exchange (reactors.dlq, reactors.replay); nothing else."""
+    needs = Needs()
+    needs.read |= {topology.dead_letter_queue(reactor.name) for reactor in REACTORS}
+    needs.write.add(DEFAULT_EXCHANGE)
+    return needs
+
+
 def name_universe(topology: Topology) -> set[str]:
     """Every name the code can touch, plus near misses a loose regex would let through."""
     names = {topology.exchange, DEFAULT_EXCHANGE, "amq.topic", f"{topology.namespace}.events.extra"}

@@ -29,7 +29,7 @@ from messaging.topology import Topology, declare_subscription, declare_topology
 from reactors.registry import REACTORS
 from tests.deploy.broker_model import (
     PERMISSIONS,
-    Needs,
+    api_needs,
     broker_user_of_services,
     component_topology,
     definitions_template,
@@ -74,13 +74,7 @@ def test_definitions_have_one_user_per_component_and_no_secret() -> None:
     permissions = permissions_by_user(document)
     assert set(permissions) == set(users)
     assert len(document["permissions"]) == len(permissions), "one entry per user, on / only"
-    assert permissions[API_USER] | {"user": ""} == {
-        "user": "",
-        "vhost": "/",
-        "configure": "^$",
-        "write": "^$",
-        "read": "^$",
-    }
+    assert permissions[API_USER]["configure"] == "^$"  # the API declares nothing (its recovery reads, sends)
     passwords = [user["password"] for user in users.values()]
     assert len(set(passwords)) == len(passwords), "every user has a password of its own"
 
@@ -90,7 +84,7 @@ def test_broker_permissions_are_exactly_what_the_code_needs(monkeypatch: pytest.
     topology = component_topology(monkeypatch)
     permissions = permissions_by_user(definitions_template())
     universe = name_universe(topology)
-    needs = {RELAY_USER: relay_needs(topology), API_USER: Needs()}
+    needs = {RELAY_USER: relay_needs(topology), API_USER: api_needs(topology)}
     needs.update({reactor.name: reactor_needs(topology, reactor.name) for reactor in REACTORS})
     for user, need in needs.items():
         for permission in PERMISSIONS:
@@ -323,18 +317,23 @@ async def test_definitions_let_each_component_do_its_job_and_no_more(monkeypatch
         assert await _refused(relay, _get_from, topology.dead_letter_queue(REACTORS[0].name))
         assert await _refused(relay, _declare_queue, f"{topology.namespace}.unknown")
         api = _as(base, vhost, *credentials[API_USER])
-        assert not await _refused(api, _round_trip)  # connecting is all it may do
-        assert await _refused(api, _declare_queue, topology.queue(REACTORS[0].name))
+        # The API's recovery (dead letters, replays): read the DLQs, send to a reactor's queue; no more.
+        name = REACTORS[0].name
+        assert not await _refused(api, _get_from, topology.dead_letter_queue(name))
+        sender = ConfirmedPublisher(api, "compose-test-api-publish")
+        try:
+            await sender.publish(exchange="", routing_key=topology.queue(name), body=b"{}", message_id="a1")
+        finally:
+            await sender.close()
+        assert await _refused(api, _get_from, topology.queue(name))
+        assert await _refused(api, _declare_queue, topology.queue(name))
+        assert await _refused(api, _publish_on, topology.exchange, REACTORS[0].routing_keys[0])
 
 
 async def _publish_on(channel: Any, exchange: str, routing_key: str) -> None:
     target = await channel.get_exchange(exchange, ensure=False)
     await target.publish(aio_pika.Message(b"{}"), routing_key=routing_key)
     # A round trip that needs no permission, so that the asynchronous refusal of the publish arrives.
-    await channel.set_qos(prefetch_count=1)
-
-
-async def _round_trip(channel: Any) -> None:
     await channel.set_qos(prefetch_count=1)
 
 

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from infra.db import Database
 from infra.settings import Settings
 from orchestrator.client import place_order
-from reactors.dlq import list_dead_letters, redrive
+from reactors.dlq import Selection, list_dead_letters, redrive
 from reactors.loyalty.models import LoyaltyBalance
 from reactors.loyalty.reactor import REACTOR as LOYALTY
 from reactors.models import DeliveryOutcome, InboxMessage
@@ -223,7 +223,9 @@ async def test_a_550_goes_to_the_dlq_once_the_row_says_failed_and_a_redrive_send
     assert "recipient refused" in letter.reason and "550" in letter.reason
 
     # The mailbox exists again (the script is used up): the redriven event is sent, counted afresh.
-    assert await redrive(strict.settings, strict.database.sessions, "notification", [event.id]) == [event.id]
+    assert (
+        await redrive(strict.settings, strict.database.sessions, "notification", Selection.of_ids([event.id]))
+    ).redriven == [event.id]
     await settled(strict, DeliveryOutcome.PROCESSED)
     row = await notification(strict, event.id)
     assert (row.status, row.send_attempts) == ("sent", 1)

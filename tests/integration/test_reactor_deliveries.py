@@ -19,7 +19,7 @@ from observability.tracing import TRACEPARENT
 from reactors.analytics.models import DailySkuSales
 from reactors.analytics.reactor import REACTOR as ANALYTICS
 from reactors.base import Reactor
-from reactors.dlq import list_dead_letters, redrive
+from reactors.dlq import Selection, list_dead_letters, redrive
 from reactors.loyalty.models import LoyaltyBalance, LoyaltyLedgerEntry
 from reactors.loyalty.reactor import REACTOR as LOYALTY
 from reactors.models import DeliveryOutcome
@@ -125,13 +125,17 @@ async def test_poison_goes_to_the_dlq_after_the_limit_while_others_flow_then_red
 
     # Fixed downstream: redrive it to this reactor only; it is applied once.
     poisoned.clear()
-    assert await redrive(events.settings, events.database.sessions, "fragile", [poison.id]) == [poison.id]
+    assert (
+        await redrive(events.settings, events.database.sessions, "fragile", Selection.of_ids([poison.id]))
+    ).redriven == [poison.id]
     await eventually(lambda: _applied(applied, poison.subject), what="the redriven message applied")
     assert await list_dead_letters(events.settings, "fragile") == []
 
     # A redriven copy of a message already applied is still deduplicated by the inbox.
     await publish(events, poison, exchange="", routing_key=events.topology.dead_letter_queue("fragile"))
-    assert await redrive(events.settings, events.database.sessions, "fragile", None) == [poison.id]
+    assert (await redrive(events.settings, events.database.sessions, "fragile", Selection())).redriven == [
+        poison.id
+    ]
 
     async def duplicate_ignored() -> bool:
         return len(await events.ledger("fragile", DeliveryOutcome.DUPLICATE_IGNORED)) == 1
@@ -196,7 +200,7 @@ async def test_dead_letters_cli_lists_and_redrives_to_that_reactor_only(events: 
 
     listing = await asyncio.to_thread(cli, "list", "loyalty")
     assert stranded.id in listing and stranded.subject in listing and "order.shipped.v1" in listing
-    assert "redrove 1 message(s)" in await asyncio.to_thread(cli, "redrive", "loyalty", "--all")
+    assert "redrove 1 message(s)" in await asyncio.to_thread(cli, "redrive", "loyalty", "--all", "--yes")
 
     async def credited() -> bool:
         balance = await events.read(lambda s: s.get(LoyaltyBalance, "cust-cli"))
@@ -245,7 +249,9 @@ async def test_the_traceparent_is_kept_through_retries_the_dlq_and_a_redrive(eve
 
     await eventually(dead_lettered, what="the message dead-lettered after its retries")
     poisoned.clear()
-    assert await redrive(events.settings, events.database.sessions, "fragile", [poison.id]) == [poison.id]
+    assert (
+        await redrive(events.settings, events.database.sessions, "fragile", Selection.of_ids([poison.id]))
+    ).redriven == [poison.id]
     await eventually(lambda: _applied(applied, poison.subject), what="the redriven message applied")
 
     async def processed() -> bool:

@@ -146,6 +146,8 @@ async def test_expired_rows_go_and_what_is_still_needed_stays(database: tuple[Se
         "outbox": 5,
         "inbox": 5,
         "deliveries": 5,
+        "replay_items": 0,
+        "replays": 0,
         "idempotency_keys": 2,
         "notifications": 1,
     }
