@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
+from observability.counters import DUMP_INTERVAL_SECONDS
 from ops.launcher import LocalStack
 
 BENCH_APPLICATION_NAME = "bench-client"
@@ -66,9 +67,8 @@ class Meter:
         self._counters_dir = counters_dir
         self._backends: dict[int, float] = {}  # cumulative CPU seconds last seen per backend of our database
         self._sampler: asyncio.Task[None] | None = None
-        postmasters = [
-            p for p in _pids_named("postgres") if p.ppid() not in {q.pid for q in _pids_named("postgres")}
-        ]
+        postgres = _pids_named("postgres")
+        postmasters = [p for p in postgres if p.ppid() not in {q.pid for q in postgres}]
         self._postmaster = postmasters[0].pid if postmasters else None
         self._rabbitmq = [p.pid for p in _pids_named("beam.smp")]
         self._background: dict[str, float] = {}
@@ -150,7 +150,7 @@ class Meter:
     async def snapshot(self) -> dict[str, Any]:
         """CPU seconds and work counts now. Call at a quiet moment, once the counters files caught up."""
         await self._sample_backends()
-        await asyncio.sleep(2.5 * 0.2)  # two dumps of every process's counters (observability.counters)
+        await asyncio.sleep(2.5 * DUMP_INTERVAL_SECONDS)  # every process's counters dumped twice since
         cpu: dict[str, float] = {}
         for name, component in self._stack.components.items():
             if component.running and (seconds := cpu_seconds(component.pid, children=True)) is not None:

@@ -4,7 +4,8 @@
 Maildir at SMTP_SINK_MAILDIR (default var/mail); tests use `SmtpSink` in-process and read `.messages` (and
 `.envelopes`, the RCPT TO addresses of each). For the tests, a sink can also behave like a stricter relay:
 `smtputf8=False` leaves SMTPUTF8 out of its EHLO reply (and refuses a MAIL ... SMTPUTF8), and `rcpt_reply`
-answers RCPT TO with a reply of its choosing (a 550 or a 451) instead of accepting.
+answers RCPT TO with a reply of its choosing (a 550 or a 451) instead of accepting. `counts()` gives the
+sessions, final replies and mails so far (the benchmark's SMTP round trips).
 """
 
 from __future__ import annotations
