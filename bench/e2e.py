@@ -55,6 +55,7 @@ from bench.meter import BENCH_APPLICATION_NAME, Meter, history_costs
 from domain.model import workflow_id_for
 from infra.settings import Settings
 from ops.launcher import NAMESPACE_COUNT_FLAG, REACTOR_NAMES, LocalStack, StackOptions
+from ops.processes import peak_rss_bytes
 from ops.provisioning import ROOT, empty_database, executable, migrate
 from reactors.models import InboxMessage
 
@@ -407,13 +408,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def peak_memory(stack: LocalStack) -> dict[str, float]:
     """Peak resident memory (VmHWM) of each running stack process, MiB."""
-    peaks = {}
-    for name, component in stack.components.items():
-        with contextlib.suppress(OSError, ValueError, AssertionError):
-            for line in Path(f"/proc/{component.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peaks[name] = int(line.split()[1]) / 1024
-    return peaks
+    peaks = {name: peak_rss_bytes(c.pid) for name, c in stack.components.items() if c.running}
+    return {name: peak / 2**20 for name, peak in peaks.items() if peak is not None}
 
 
 def machine() -> dict[str, Any]:
@@ -610,6 +606,8 @@ def render(results: Mapping[str, Any]) -> str:
             if drift["over_limit"]
             else ""
         ),
+        "peak resident memory (MiB): "
+        + ", ".join(f"{name} {mib:.0f}" for name, mib in m.get("peak_rss_mib", {}).items()),
         "",
         f"targets ({names[0]}):",
     ]
