@@ -201,6 +201,8 @@ class Bench:
     http: httpx.AsyncClient
     base_env: dict[str, dict[str, str]] = field(default_factory=dict)
     current: Variant | None = None
+    # The workflow runner each variant's floor (and so saga) worker used, as its log says.
+    runners: dict[str, str] = field(default_factory=dict)
 
     def log(self, message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
@@ -229,6 +231,9 @@ class Bench:
         self.current = variant
         await self.e2e_phase("warm-up", count=self.args.warmup)
         await self.bare_phase("warm-up", count=self.args.warmup)
+        # The restarted floor worker ran the warm-up, so its line is the log's last.
+        said = self.stack.components["bare-worker"].log_path.read_text(errors="replace")
+        self.runners[variant.name] = said.rpartition("workflow runner ")[2].split("\n", 1)[0] or "?"
 
     # --- the floor
 
@@ -400,6 +405,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await meter.measure_background()
         results["floor_end"] = await bench.bare_phase("floor at the end", count=args.bare_workflows)
         results["machine"]["peak_rss_mib"] = peak_memory(stack)
+        results["workflow_runners"] = bench.runners
     results["finished_at"] = datetime.now(UTC).isoformat()
     results["machine"]["load_average_at_end"] = os.getloadavg()
     results["summary"] = summarize(results, variants)
@@ -562,7 +568,11 @@ def render(results: Mapping[str, Any]) -> str:
         f"{m['temporal_cli'].splitlines()[0] if m['temporal_cli'] else '?'}",
         f"load average {' '.join(f'{x:.2f}' for x in m['load_average_at_start'])} at the start, "
         f"{' '.join(f'{x:.2f}' for x in m['load_average_at_end'])} at the end",
-        "variants: " + "; ".join(f"{n} {results['variants'][n] or '(defaults)'}" for n in names),
+        "variants: "
+        + "; ".join(
+            f"{n} {results['variants'][n] or '(defaults)'}, {results['workflow_runners'].get(n, '?')}"
+            for n in names
+        ),
         f"order: {' '.join(results['order'])}; figures are medians [min-max] over the repeats",
         "",
         header,

@@ -35,6 +35,8 @@ def test_quick_bench_with_two_variants(tmp_path: Path) -> None:
     results = json.loads(path.read_text())
     assert results["order"] == ["a", "b"]
     assert results["variants"] == {"a": {}, "b": {"LOG_LEVEL": "ERROR"}}
+    assert set(results["workflow_runners"]) == {"a", "b"}
+    assert all(runner.endswith("WorkflowRunner") for runner in results["workflow_runners"].values())
     for name in ("a", "b"):
         (run,) = results["repeats"][name]
         cost = run["e2e"]["cost_per_order"]
