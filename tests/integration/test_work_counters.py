@@ -17,7 +17,7 @@ from tests.support import ROOT, free_port
 pytestmark = pytest.mark.integration
 
 PROBE = """
-import asyncio, sys
+import asyncio, json, sys
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from infra.settings import load_settings
@@ -34,7 +34,7 @@ async def main() -> None:
             await connection.execute(text("SELECT 2"))
     await engine.dispose()
     counters.dump()
-    print({key: counters.counts[key] - before.get(key, 0) for key in counters.counts})
+    print(json.dumps({key: counters.counts[key] - before.get(key, 0) for key in counters.counts}))
 
 asyncio.run(main())
 """
@@ -50,7 +50,7 @@ def test_one_transaction_of_two_statements_is_one_transaction_and_four_round_tri
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    delta = eval(done.stdout.strip().splitlines()[-1])  # the probe's own dict literal
+    delta = json.loads(done.stdout.strip().splitlines()[-1])
     # BEGIN, two executions of statements prepared in the first round, COMMIT.
     assert delta == {
         "db_transactions": 1,
