@@ -68,6 +68,6 @@ ORDERS ?= 60
 faults: install
 	$(BIN)/python -m tests.faults.harness --orders $(ORDERS)
 
-# End-to-end benchmark: prints figures, writes results/bench-*.json and .png. BENCH_ARGS="--e2e-orders 600"
+# End-to-end benchmark: prints figures, writes results/bench-*.json. BENCH_ARGS="--quick" or "--variant ..."
 bench: install
 	$(BIN)/python -m bench.e2e $(BENCH_ARGS)

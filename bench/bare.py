@@ -1,13 +1,11 @@
-"""The floor the saga is compared with: workflows of three no-op activities, and a worker for them.
+"""The floor the saga is compared with: a workflow of three no-op activities, and a worker for it.
 
-    python -m bench.bare TASK_QUEUE     # the worker (TEMPORAL_ADDRESS from the environment)
+    python -m bench.bare TASK_QUEUE     # the worker (TEMPORAL_ADDRESS and the rest from the environment)
 
-- `BareWorkflow`: three no-op activities, one after the other, with the saga's timeouts. The issue's floor.
-- `BareLocalWorkflow`: the same three as local activities (no server round trip per activity).
-- `BareUpsertWorkflow`: three activities, and after each an `OrderStatus` search-attribute upsert, the way
-  `OrderWorkflow._advance` does. It prices the upserts alone.
-
-The worker is configured like the saga's (default sandboxed runner, default slots), in its own process.
+`BareWorkflow` runs three no-op activities one after the other, with the saga's step timeout. Its worker runs
+in its own process with the workflow runner the saga's worker would use under the same settings (sandboxed
+or not): it asks `entrypoints.worker.build_worker` for its configuration, so a setting that switches the
+saga's runner switches the floor's too, and a comparison of the two never mixes runners.
 """
 
 from __future__ import annotations
@@ -18,11 +16,10 @@ import sys
 from datetime import timedelta
 
 from temporalio import activity, workflow
-from temporalio.common import SearchAttributeKey
-from temporalio.worker import Worker
+from temporalio.client import Client
+from temporalio.worker import Worker, WorkflowRunner
 
 TIMEOUT = timedelta(seconds=15)
-ORDER_STATUS = SearchAttributeKey.for_keyword("OrderStatus")
 
 
 @activity.defn(name="bench_noop")
@@ -40,41 +37,34 @@ class BareWorkflow:
         return done
 
 
-@workflow.defn(name="BareLocalWorkflow")
-class BareLocalWorkflow:
-    @workflow.run
-    async def run(self) -> int:
-        done = 0
-        for step in range(3):
-            done += await workflow.execute_local_activity(noop, step, start_to_close_timeout=TIMEOUT)
-        return done
+def saga_workflow_runner(client: Client) -> WorkflowRunner:
+    """The workflow runner of the saga's worker built from this process's settings (never started)."""
+    # Imported here so that importing the workflow (the sandbox does) pulls in nothing of the service.
+    from entrypoints.worker import build_worker
+    from infra.db import open_database
+    from infra.settings import load_settings
 
-
-@workflow.defn(name="BareUpsertWorkflow")
-class BareUpsertWorkflow:
-    @workflow.run
-    async def run(self) -> int:
-        done = 0
-        for step, status in enumerate(("INVENTORY_RESERVED", "PAYMENT_CHARGED", "SHIPPED")):
-            done += await workflow.execute_activity(noop, step, start_to_close_timeout=TIMEOUT)
-            workflow.upsert_search_attributes([ORDER_STATUS.value_set(status)])
-        return done
-
-
-WORKFLOWS = (BareWorkflow, BareLocalWorkflow, BareUpsertWorkflow)
+    settings = load_settings()
+    database = open_database(settings)  # connects lazily: never, here
+    runner = build_worker(client, settings, database).config()["workflow_runner"]
+    assert runner is not None
+    return runner
 
 
 async def serve(task_queue: str) -> None:
-    # Imported here so that importing the workflows (the sandbox does) pulls in nothing of the service.
     from infra.settings import load_settings
     from orchestrator.client import connect_temporal
 
     client = await connect_temporal(load_settings())
+    runner = saga_workflow_runner(client)
+    print(f"bare worker: workflow runner {type(runner).__name__}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with Worker(client, task_queue=task_queue, workflows=list(WORKFLOWS), activities=[noop]):
+    async with Worker(
+        client, task_queue=task_queue, workflows=[BareWorkflow], activities=[noop], workflow_runner=runner
+    ):
         await stop.wait()
 
 

@@ -12,6 +12,7 @@ from api.security import uses_development_key
 from entrypoints.process import command_line
 from infra.settings import load_settings
 from observability import tracing
+from observability.counters import start_work_counters
 from observability.logs import configure_logging
 
 
@@ -27,6 +28,7 @@ def main() -> None:
         raise SystemExit(2)
     configure_logging(settings)
     tracing.configure_tracing(settings, "api")
+    start_work_counters(settings, "api")
     url = f"http://{settings.api_host}:{settings.api_port}"
     print(f"Order API: {url}  (docs: {url}/docs)", flush=True)
     if uses_development_key(settings):

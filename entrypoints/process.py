@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from infra.settings import Settings
 from observability import tracing
+from observability.counters import start_work_counters
 from observability.logs import configure_logging
 from observability.metrics import serve_metrics
 
@@ -36,6 +37,7 @@ def run_until_signalled(
     configure_logging(settings)
     tracing.configure_tracing(settings, component)
     serve_metrics(settings, metrics_port)
+    start_work_counters(settings, component)
 
     async def _main() -> None:
         stop = asyncio.Event()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from entrypoints.process import command_line
 from infra.settings import load_settings
+from observability.counters import start_work_counters
 from observability.logs import configure_logging
 from reactors.notification.smtp_sink import SmtpSink
 
@@ -24,6 +25,7 @@ def main() -> None:
     stopped = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopped.set())
+    start_work_counters(settings, "smtp", {"smtp": sink.counts})
     sink.start()
     log.info(
         "SMTP sink on %s:%d, storing mail in %s",

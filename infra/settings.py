@@ -190,6 +190,9 @@ class Settings(BaseSettings):
     temporal_metrics_address: str = "127.0.0.1:9100"
     # How often the relay counts pending outbox rows and each reactor reads its DLQ depth, for the gauges.
     metrics_refresh_seconds: Annotated[float, Field(gt=0, le=3_600)] = 5.0
+    # Benchmark instrumentation, off when empty: each process counts its database transactions and round
+    # trips (and the SMTP sink its replies) and writes them to <dir>/<pid>.json (observability/counters.py).
+    work_counters_dir: str = ""
 
     @model_validator(mode="before")
     @classmethod

@@ -4,7 +4,8 @@
 Maildir at SMTP_SINK_MAILDIR (default var/mail); tests use `SmtpSink` in-process and read `.messages` (and
 `.envelopes`, the RCPT TO addresses of each). For the tests, a sink can also behave like a stricter relay:
 `smtputf8=False` leaves SMTPUTF8 out of its EHLO reply (and refuses a MAIL ... SMTPUTF8), and `rcpt_reply`
-answers RCPT TO with a reply of its choosing (a 550 or a 451) instead of accepting.
+answers RCPT TO with a reply of its choosing (a 550 or a 451) instead of accepting. `counts()` gives the
+sessions, final replies and mails so far (the benchmark's SMTP round trips).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,33 @@ class _Handler:
         return "250 Message accepted for delivery"
 
 
+class _CountingSMTP(SMTP):
+    """Counts sessions and final reply lines: the sink offers no PIPELINING, so each reply is a round trip."""
+
+    def __init__(self, sink: SmtpSink, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sink = sink
+
+    def connection_made(self, transport: Any) -> None:
+        self._sink.count("smtp_connections")
+        super().connection_made(transport)
+
+    async def push(self, status: Any) -> None:
+        line = status.encode() if isinstance(status, str) else bytes(status)
+        if line[3:4] != b"-":  # the last line of a (multi-line) reply
+            self._sink.count("smtp_replies")
+        await super().push(status)
+
+
+class _CountingController(Controller):
+    def __init__(self, sink: SmtpSink, *args: Any, **kwargs: Any) -> None:
+        self._sink = sink
+        super().__init__(*args, **kwargs)
+
+    def factory(self) -> SMTP:
+        return _CountingSMTP(self._sink, self.handler, **self.SMTP_kwargs)
+
+
 class SmtpSink:
     """Runs aiosmtpd in its own thread (its own event loop); safe to read `.messages` from any thread."""
 
@@ -68,9 +97,20 @@ class SmtpSink:
         self._lock = threading.Lock()
         self._messages: list[EmailMessage] = []
         self._envelopes: list[list[str]] = []
+        self._counts: dict[str, int] = {"smtp_connections": 0, "smtp_replies": 0, "smtp_mails": 0}
+
+    def count(self, name: str) -> None:
+        with self._lock:
+            self._counts[name] += 1
+
+    def counts(self) -> dict[str, int]:
+        """Sessions opened, final reply lines sent (one per client round trip) and mails received, so far."""
+        with self._lock:
+            return dict(self._counts)
 
     def store(self, message: EmailMessage, recipients: list[str] | None = None) -> None:
         with self._lock:
+            self._counts["smtp_mails"] += 1
             self._messages.append(message)
             self._envelopes.append(recipients or [])
             if self._maildir is not None:
@@ -91,7 +131,8 @@ class SmtpSink:
     def start(self) -> None:
         """Listen (again: a stopped sink can be started anew, keeping what it received)."""
         if self._controller is None:
-            self._controller = Controller(
+            self._controller = _CountingController(
+                self,
                 _Handler(self, self.rcpt_reply),
                 hostname=self.host,
                 port=self.port,
