@@ -116,7 +116,7 @@ async def test_a_key_still_in_flight_is_a_conflict(api: ApiHarness) -> None:
         # Inserting the order's line needs a key-share lock on its product row: FOR UPDATE holds it off.
         await blocker.execute(text("SELECT sku FROM products WHERE sku = 'SKU-A' FOR UPDATE"))
         first = asyncio.create_task(api.place(body, key="slow-key"))
-        await wait_for_key_state(api, "shop", "slow-key", "in_flight")
+        # Its claim is in the order's transaction, not committed yet: the lock wait shows it is there.
         await wait_until_blocked_on_a_lock(api)
 
         concurrent = await api.place(body, key="slow-key")
