@@ -45,7 +45,7 @@ def create_engine(database_url: str, *, echo: bool = False) -> AsyncEngine:
             max_overflow=20,
             **postgres_tls_arguments(url),
         )
-        _discard_closed_connections(engine)
+        event.listen(engine.sync_engine, "checkout", discard_closed_connection)
         _track_first_statements(engine)
         return engine
 
@@ -71,13 +71,14 @@ def create_engine(database_url: str, *, echo: bool = False) -> AsyncEngine:
     return engine
 
 
-def _discard_closed_connections(engine: AsyncEngine) -> None:
-    @event.listens_for(engine.sync_engine, "checkout")
-    def _on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
-        # A server restart or pg_terminate_backend closes the socket; asyncpg notices while the connection
-        # sits in the pool, so this costs no round trip. The pool then tries another connection.
-        if dbapi_connection.driver_connection.is_closed():
-            raise exc.DisconnectionError("pooled connection closed by the server")
+def discard_closed_connection(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """Pool checkout listener of PostgreSQL engines: refuse a connection the server has closed.
+
+    A server restart or pg_terminate_backend closes the socket; asyncpg notices while the connection sits
+    in the pool, so this costs no round trip. The pool then tries another connection.
+    """
+    if dbapi_connection.driver_connection.is_closed():
+        raise exc.DisconnectionError("pooled connection closed by the server")
 
 
 # conn.info key: the `_FirstStatement` of the transaction `transaction` runs on this connection.
