@@ -11,13 +11,14 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, insert, select, update
+from sqlalchemy import CTE, ColumnElement, Insert, Row, String, Text, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from domain.model import Money, OrderStatus, PlaceOrder, check_transition, price_order, workflow_id_for
 from infra import models
 from infra.db import engine_of, transaction
+from infra.models import UTCDateTime
 
 # (joined entity, ON clause) for the outer joins of `lock_order`.
 OuterJoin = tuple[Any, ColumnElement[bool]]
@@ -29,7 +30,7 @@ class OrderNotFound(LookupError):
 
 async def insert_order(conn: AsyncConnection, command: PlaceOrder) -> None:
     """Write the order in PLACED state with its lines, priced from the catalogue, and its first history
-    row, in the caller's transaction (four statements).
+    row, in the caller's transaction (two statements on PostgreSQL, four on SQLite).
 
     Raises UnknownProduct / InvalidOrder before anything is written; IntegrityError if the id exists.
     """
@@ -41,36 +42,43 @@ async def insert_order(conn: AsyncConnection, command: PlaceOrder) -> None:
     )
     prices = {sku: Money(unit_price, currency) for sku, unit_price, currency in products}
     lines, total = price_order(command.items, prices)
-    await conn.execute(
-        insert(models.Order).values(
-            id=command.order_id,
-            workflow_id=workflow_id_for(command.order_id),
-            customer_id=command.customer_id,
-            customer_email=command.customer_email,
-            currency=total.currency,
-            total_amount=total.amount,
-            payment_token=command.payment_token,
-            shipping_address=asdict(command.shipping_address),
-            status=OrderStatus.PLACED,
+    now = models.utcnow()
+    # Timestamps given: column defaults are not applied inside a WITH (below).
+    order = insert(models.Order).values(
+        created_at=now,
+        updated_at=now,
+        id=command.order_id,
+        workflow_id=workflow_id_for(command.order_id),
+        customer_id=command.customer_id,
+        customer_email=command.customer_email,
+        currency=total.currency,
+        total_amount=total.amount,
+        payment_token=command.payment_token,
+        shipping_address=asdict(command.shipping_address),
+        status=OrderStatus.PLACED,
+    )
+    rows = [
+        {
+            "order_id": command.order_id,
+            "line_no": number,
+            "sku": line.sku,
+            "quantity": line.quantity,
+            "unit_price": line.unit_price.amount,
+            "line_total": line.total.amount,
+        }
+        for number, line in enumerate(lines, start=1)
+    ]
+    if conn.dialect.name == "postgresql":
+        # One statement for the three inserts (foreign keys are checked at its end).
+        placed = order.returning(models.Order.id).cte("placed")
+        order_lines = insert(models.OrderLine).values(rows).cte("order_lines")
+        await conn.execute(_history_from(placed, OrderStatus.PLACED, None).add_cte(placed, order_lines))
+    else:  # SQLite has no data-modifying WITH
+        await conn.execute(order)
+        await conn.execute(insert(models.OrderLine), rows)
+        await conn.execute(
+            insert(models.OrderStatusChange).values(order_id=command.order_id, status=OrderStatus.PLACED)
         )
-    )
-    await conn.execute(
-        insert(models.OrderLine),
-        [
-            {
-                "order_id": command.order_id,
-                "line_no": number,
-                "sku": line.sku,
-                "quantity": line.quantity,
-                "unit_price": line.unit_price.amount,
-                "line_total": line.total.amount,
-            }
-            for number, line in enumerate(lines, start=1)
-        ],
-    )
-    await conn.execute(
-        insert(models.OrderStatusChange).values(order_id=command.order_id, status=OrderStatus.PLACED)
-    )
 
 
 async def create_order(session_factory: async_sessionmaker[AsyncSession], command: PlaceOrder) -> bool:
@@ -165,10 +173,30 @@ async def transition(
     """
     if not check_transition(OrderStatus(current), target):
         return False
-    await conn.execute(
-        update(models.Order).where(models.Order.id == order_id).values(status=target, **values)
+    # updated_at given: `onupdate` is not applied inside a WITH (below).
+    move = (
+        update(models.Order)
+        .where(models.Order.id == order_id)
+        .values(status=target, updated_at=models.utcnow(), **values)
     )
-    await conn.execute(
-        insert(models.OrderStatusChange).values(order_id=order_id, status=target, reason=reason)
-    )
+    if conn.dialect.name == "postgresql":
+        # One statement, one round trip: the history row is written from the UPDATE's RETURNING.
+        moved = move.returning(models.Order.id).cte("moved")
+        await conn.execute(_history_from(moved, target, reason).add_cte(moved))
+    else:  # SQLite has no data-modifying WITH
+        await conn.execute(move)
+        await conn.execute(
+            insert(models.OrderStatusChange).values(order_id=order_id, status=target, reason=reason)
+        )
     return True
+
+
+def _history_from(written: CTE, status: OrderStatus, reason: str | None) -> Insert:
+    """The status history row of the order a data-modifying CTE returned (its `id`)."""
+    change = select(
+        written.c.id, literal(status, String), literal(reason, Text), literal(models.utcnow(), UTCDateTime)
+    )
+    return insert(models.OrderStatusChange).from_select(_HISTORY_COLUMNS, change)
+
+
+_HISTORY_COLUMNS = ["order_id", "status", "reason", "created_at"]

@@ -35,8 +35,8 @@ pytestmark = pytest.mark.integration
 
 # Budgets of the lean hot path (issue 12), one shipped order on PostgreSQL. The ORM version with pre-ping
 # cost 29 for the API and 61 for the worker (21 and 49 counting a ping as one round trip).
-API_BUDGET = 8
-WORKER_BUDGET = 34
+API_BUDGET = 6
+WORKER_BUDGET = 29
 
 
 @dataclass
