@@ -188,8 +188,7 @@ class IdempotencyKeys:
         try:
             await record(conn, row.order_id)
         except (UnknownProduct, InvalidOrder) as rejected:
-            # Refused before writing anything (`insert_order`).
-            # Nothing was recorded under this key: free it, for this body corrected.
+            # Refused before anything was written (`insert_order`): free the key, for this body corrected.
             await conn.execute(
                 delete(models.IdempotencyKey).where(
                     models.IdempotencyKey.principal == principal, models.IdempotencyKey.key == key

@@ -346,3 +346,23 @@ async def test_a_process_that_dies_between_the_commit_and_the_start_is_finished_
     assert answer["status"] == "PLACED" or after_start
     assert asked == [order_id, order_id]
     await assert_one_order_and_one_saga(api, order_id)
+
+
+async def test_a_key_being_taken_over_is_a_conflict_at_once(
+    api: ApiHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a retry takes a key over (it holds the key's row), the same key again is 409, not a wait."""
+    await api.add_product("SKU-A", stock=10)
+    body = order_body({"SKU-A": 1})
+    start_failing_once(monkeypatch, RPCError("simulated", RPCStatusCode.UNAVAILABLE, b""))
+    assert (await api.place(body, key="crash-key")).status_code == 503
+
+    async with api.database.engine.connect() as taking_over:
+        await taking_over.execute(text("SELECT 1 FROM idempotency_keys WHERE key = 'crash-key' FOR UPDATE"))
+        concurrent = await asyncio.wait_for(api.place(body, key="crash-key"), 10)
+        await taking_over.rollback()
+
+    assert concurrent.status_code == 409, concurrent.text
+    assert concurrent.json()["type"] == "urn:order-saga:problem:idempotency-key-in-flight"
+    retry = await api.place(body, key="crash-key")
+    assert retry.status_code == 202, retry.text
