@@ -37,6 +37,8 @@ class InventoryActivities:
 async def _reserve(conn: AsyncConnection, order_id: str) -> StepOutcome:
     reserved = exists().where(models.Reservation.order_id == order_id).label("reserved")
     record, lines = await lock_order_with_lines(conn, order_id, reserved)
+    # `reserved` may miss a duplicate attempt that committed while the lock waited (`lock_order`): then
+    # the reservation rows' unique key rolls this one back, stock updates included, and it is retried.
     if record.reserved:
         return StepOutcome(order_id, changed=False, detail="already reserved")
     lines.sort(key=lambda line: line.sku)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 from temporalio import activity
@@ -15,7 +15,7 @@ from activities.steps import compensation
 from domain.errors import PaymentDeclined
 from domain.model import OrderStatus
 from infra import models
-from infra.db import engine_of, execute_alone, transaction
+from infra.db import engine_of, execute_alone, insert_or_ignore, rowcount, transaction
 from infra.orders import lock_order, transition
 
 CHARGE = "charge"
@@ -137,22 +137,18 @@ async def _charge_intent(conn: AsyncConnection, order_id: str, key: str) -> Char
 
 async def _record_charge(conn: AsyncConnection, order_id: str, key: str, reference: str) -> tuple[bool, bool]:
     """Record the provider's success. Returns (a refund already ran for it, the order is still charging)."""
-    record = await lock_order(
-        conn,
-        order_id,
-        _CHARGE.status.label("charge_status"),
-        outer_joins=[(_CHARGE, _CHARGE.idempotency_key == key)],
-    )
-    assert record.charge_status is not None, f"charge {key} has no pending row"
-    await conn.execute(
-        update(models.Payment)
-        .where(models.Payment.idempotency_key == key)
-        .values(status=SUCCEEDED, provider_reference=reference)
-    )
+    record = await lock_order(conn, order_id)
+    # UPDATEs see the row's latest version: a refund that marked it ABANDONED just before is not missed.
+    recorded = update(models.Payment).values(status=SUCCEEDED, provider_reference=reference)
+    by_key = models.Payment.idempotency_key == key
+    compensated_already = False
+    if rowcount(await conn.execute(recorded.where(by_key, models.Payment.status != ABANDONED))) == 0:
+        compensated_already = rowcount(await conn.execute(recorded.where(by_key))) == 1
+        assert compensated_already, f"charge {key} has no pending row"
     in_progress = record.status in (OrderStatus.INVENTORY_RESERVED, OrderStatus.PAYMENT_CHARGED)
     if in_progress:
         await transition(conn, order_id, record.status, OrderStatus.PAYMENT_CHARGED)
-    return record.charge_status == ABANDONED, in_progress
+    return compensated_already, in_progress
 
 
 async def _refund_intent(conn: AsyncConnection, order_id: str) -> RefundRequest | StepOutcome:
@@ -202,9 +198,11 @@ async def _record_pending(
     conn: AsyncConnection, order_id: str, kind: str, key: str, amount: int, currency: str
 ) -> None:
     """The intent of a charge or refund (`amount` in minor units), written before the provider is called so
-    that every attempt, and a later reconciliation, finds the same row by its idempotency key."""
+    that every attempt, and a later reconciliation, finds the same row by its idempotency key. A row that
+    exists already (written by a concurrent attempt the lock waited for) is kept."""
     await conn.execute(
-        insert(models.Payment).values(
+        insert_or_ignore(conn, models.Payment)
+        .values(
             order_id=order_id,
             kind=kind,
             idempotency_key=key,
@@ -212,4 +210,5 @@ async def _record_pending(
             currency=currency,
             status=PENDING,
         )
+        .on_conflict_do_nothing()
     )

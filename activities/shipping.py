@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import insert, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 from temporalio import activity
 
@@ -12,7 +12,7 @@ from activities.providers import ShipmentReceipt, ShipmentRequest, ShippingCarri
 from activities.steps import compensation
 from domain.errors import ShippingUnavailable
 from infra import models
-from infra.db import engine_of, transaction
+from infra.db import engine_of, insert_or_ignore, transaction
 from infra.orders import OuterJoin, lock_order, lock_order_with_lines
 
 CREATED = "created"
@@ -48,20 +48,22 @@ class ShippingActivities:
         return await transaction(self._engine, lambda conn: self._cancel(conn, order.order_id))
 
     async def _cancel(self, conn: AsyncConnection, order_id: str) -> StepOutcome:
-        record = await lock_order(
-            conn,
-            order_id,
-            models.Shipment.tracking_number,
-            models.Shipment.status.label("shipment_status"),
-            outer_joins=[_SHIPMENT],
-        )
-        if record.tracking_number is None or record.shipment_status == CANCELLED:
+        await lock_order(conn, order_id)
+        # Read after the lock: a late create_shipment that committed meanwhile must be seen and cancelled.
+        shipment = (
+            await conn.execute(
+                select(models.Shipment.tracking_number, models.Shipment.status).where(
+                    models.Shipment.order_id == order_id
+                )
+            )
+        ).first()
+        if shipment is None or shipment.status == CANCELLED:
             return StepOutcome(order_id, changed=False, detail="nothing to cancel")
-        await self._carrier.cancel_shipment(record.tracking_number)
+        await self._carrier.cancel_shipment(shipment.tracking_number)
         await conn.execute(
             update(models.Shipment).where(models.Shipment.order_id == order_id).values(status=CANCELLED)
         )
-        return StepOutcome(order_id, changed=True, detail=record.tracking_number)
+        return StepOutcome(order_id, changed=True, detail=shipment.tracking_number)
 
 
 async def _shipment_request(conn: AsyncConnection, order_id: str) -> ShipmentRequest | StepOutcome:
@@ -85,16 +87,16 @@ async def _shipment_request(conn: AsyncConnection, order_id: str) -> ShipmentReq
 async def _record_shipment(
     conn: AsyncConnection, request: ShipmentRequest, order_id: str, receipt: ShipmentReceipt
 ) -> None:
-    record = await lock_order(
-        conn, order_id, models.Shipment.id.label("shipment_id"), outer_joins=[_SHIPMENT]
-    )
-    if record.shipment_id is None:
-        await conn.execute(
-            insert(models.Shipment).values(
-                order_id=order_id,
-                idempotency_key=request.idempotency_key,
-                carrier=receipt.carrier,
-                tracking_number=receipt.tracking_number,
-                status=CREATED,
-            )
+    await lock_order(conn, order_id)
+    # One shipment per order (unique order id): a concurrent attempt's row, if any, is kept.
+    await conn.execute(
+        insert_or_ignore(conn, models.Shipment)
+        .values(
+            order_id=order_id,
+            idempotency_key=request.idempotency_key,
+            carrier=receipt.carrier,
+            tracking_number=receipt.tracking_number,
+            status=CREATED,
         )
+        .on_conflict_do_nothing()
+    )

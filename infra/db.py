@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 from sqlalchemy import event, exc
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, CursorResult, Result, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -141,6 +142,11 @@ async def execute_alone(engine: AsyncEngine, statement: Executable) -> Result[An
         return await conn.execute(statement)
 
     return await transaction(engine, run, autocommit=engine.dialect.name == "postgresql")
+
+
+def insert_or_ignore(conn: AsyncConnection, entity: Any) -> postgresql.Insert | sqlite.Insert:
+    """The dialect's INSERT for `entity`, which has `.on_conflict_do_nothing()` on both databases."""
+    return postgresql.insert(entity) if conn.dialect.name == "postgresql" else sqlite.insert(entity)
 
 
 def engine_of(sessions: async_sessionmaker[AsyncSession]) -> AsyncEngine:

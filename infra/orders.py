@@ -118,6 +118,11 @@ async def lock_order(
     """Lock the order's row and read its `status` and `columns` (of the order or of `outer_joins`), in one
     statement. Serializes the steps of one order: FOR UPDATE on PostgreSQL; on SQLite every transaction
     already holds the write lock (BEGIN IMMEDIATE). Raises OrderNotFound.
+
+    On PostgreSQL the order's columns are those of its latest version, but the joined rows are read as
+    of the statement's start: when the lock had to wait for another step of the order, they may miss
+    what that step wrote. Use them only where such a miss is harmless (a write that a unique key or
+    ON CONFLICT absorbs, a provider call deduplicated by its key); read anything else after the lock.
     """
     row = (await conn.execute(_locking_select(order_id, columns, outer_joins))).first()
     if row is None:
