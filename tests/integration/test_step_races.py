@@ -7,7 +7,7 @@ would, lets the step queue behind it, then commits.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -44,7 +44,7 @@ async def behind_the_lock(
     db: Database,
     order_id: str,
     write: Callable[[AsyncConnection], Awaitable[None]],
-    step: Callable[[], Awaitable[Any]],
+    step: Callable[[], Coroutine[Any, Any, Any]],
 ) -> Any:
     """Run `step` while another transaction holds the order's lock and `write`s; commit that once the
     step waits for the lock. Returns what the step returned (or raises what it raised)."""
