@@ -11,7 +11,21 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-from sqlalchemy import CTE, ColumnElement, Insert, Row, String, Text, insert, literal, select, update
+from sqlalchemy import (
+    CTE,
+    ColumnElement,
+    Insert,
+    Row,
+    String,
+    Text,
+    bindparam,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
@@ -71,7 +85,7 @@ async def insert_order(conn: AsyncConnection, command: PlaceOrder) -> None:
     if conn.dialect.name == "postgresql":
         # One statement for the three inserts (foreign keys are checked at its end).
         placed = order.returning(models.Order.id).cte("placed")
-        order_lines = insert(models.OrderLine).values(rows).cte("order_lines")
+        order_lines = _lines_from_arrays(placed, rows).cte("order_lines")
         await conn.execute(_history_from(placed, OrderStatus.PLACED, None).add_cte(placed, order_lines))
     else:  # SQLite has no data-modifying WITH
         await conn.execute(order)
@@ -194,6 +208,23 @@ async def transition(
             insert(models.OrderStatusChange).values(order_id=order_id, status=target, reason=reason)
         )
     return True
+
+
+_LINE_COLUMNS = ("line_no", "sku", "quantity", "unit_price", "line_total")
+
+
+def _lines_from_arrays(placed: CTE, rows: list[dict[str, Any]]) -> Insert:
+    """INSERT of the order's lines from one array parameter per column (unnest): the same SQL for any
+    number of lines, so SQLAlchemy compiles it once (a multi-row VALUES is compiled on every call)."""
+    table = models.OrderLine.__table__
+    arrays = [
+        bindparam(name, [row[name] for row in rows], type_=postgresql.ARRAY(table.c[name].type))
+        for name in _LINE_COLUMNS
+    ]
+    lines = func.unnest(*arrays).table_valued(*_LINE_COLUMNS).render_derived(name="line")
+    return insert(models.OrderLine).from_select(
+        ["order_id", *_LINE_COLUMNS], select(placed.c.id, *(lines.c[name] for name in _LINE_COLUMNS))
+    )
 
 
 def _history_from(written: CTE, status: OrderStatus, reason: str | None) -> Insert:
