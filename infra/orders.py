@@ -23,6 +23,7 @@ from sqlalchemy import (
     insert,
     literal,
     select,
+    true,
     update,
 )
 from sqlalchemy.dialects import postgresql
@@ -222,9 +223,11 @@ def _lines_from_arrays(placed: CTE, rows: list[dict[str, Any]]) -> Insert:
         for name in _LINE_COLUMNS
     ]
     lines = func.unnest(*arrays).table_valued(*_LINE_COLUMNS).render_derived(name="line")
-    return insert(models.OrderLine).from_select(
-        ["order_id", *_LINE_COLUMNS], select(placed.c.id, *(lines.c[name] for name in _LINE_COLUMNS))
+    # The placed order is one row: each line gets its id (ON true says the cross join is meant).
+    each_line = select(placed.c.id, *(lines.c[name] for name in _LINE_COLUMNS)).select_from(
+        placed.join(lines, true())
     )
+    return insert(models.OrderLine).from_select(["order_id", *_LINE_COLUMNS], each_line)
 
 
 def _history_from(written: CTE, status: OrderStatus, reason: str | None) -> Insert:
