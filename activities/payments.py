@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import aliased
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -14,6 +15,7 @@ from activities.steps import compensation
 from domain.errors import PaymentDeclined
 from domain.model import OrderStatus
 from infra import models
+from infra.db import engine_of, execute_alone, insert_or_ignore, rowcount, transaction
 from infra.orders import lock_order, transition
 
 CHARGE = "charge"
@@ -33,49 +35,37 @@ def idempotency_key(order_id: str, kind: str) -> str:
 
 class PaymentActivities:
     def __init__(self, session_factory: async_sessionmaker[AsyncSession], gateway: PaymentGateway) -> None:
-        self._sessions = session_factory
+        self._engine = engine_of(session_factory)
         self._gateway = gateway
 
     @activity.defn
     async def charge_payment(self, order: OrderRef) -> StepOutcome:
-        key = idempotency_key(order.order_id, CHARGE)
+        order_id = order.order_id
+        key = idempotency_key(order_id, CHARGE)
         # 1. Record the intent (pending) before calling out, so every attempt shares one row.
-        async with self._sessions() as session, session.begin():
-            record = await lock_order(session, order.order_id)
-            payment = await _payment_by_key(session, key)
-            if payment is not None and payment.status == SUCCEEDED:
-                return StepOutcome(order.order_id, changed=False, detail=payment.provider_reference or "")
-            if payment is not None and payment.status == DECLINED:
-                raise business_failure(PaymentDeclined(payment.failure_detail or "declined"))
-            if payment is None:
-                _record_pending(session, record.id, CHARGE, key, record.total_amount, record.currency)
-            request = ChargeRequest(key, record.total_amount, record.currency, record.payment_token)
+        intent = await transaction(self._engine, lambda conn: _charge_intent(conn, order_id, key))
+        if isinstance(intent, StepOutcome):
+            return intent
 
         # 2. Call the provider outside any transaction; it deduplicates by the same key.
         try:
-            reference = await self._gateway.charge(request)
+            reference = await self._gateway.charge(intent)
         except PaymentDeclined as declined:
-            async with self._sessions() as session, session.begin():
-                payment = await _payment_by_key(session, key)
-                assert payment is not None
-                payment.status = DECLINED
-                payment.failure_detail = str(declined)
+            await execute_alone(
+                self._engine,
+                update(models.Payment)
+                .where(models.Payment.idempotency_key == key)
+                .values(status=DECLINED, failure_detail=str(declined)),
+            )
             raise business_failure(declined) from declined
 
         # 3. Record the success and move the order on, in one transaction. The money is recorded whatever
         # the order's state, so that a compensation can always see and refund it.
-        async with self._sessions() as session, session.begin():
-            record = await lock_order(session, order.order_id)
-            payment = await _payment_by_key(session, key)
-            assert payment is not None
-            compensated_already = payment.status == ABANDONED
-            payment.status = SUCCEEDED
-            payment.provider_reference = reference
-            in_progress = record.status in (OrderStatus.INVENTORY_RESERVED, OrderStatus.PAYMENT_CHARGED)
-            if in_progress:
-                transition(session, record, OrderStatus.PAYMENT_CHARGED)
+        compensated_already, in_progress = await transaction(
+            self._engine, lambda conn: _record_charge(conn, order_id, key, reference)
+        )
         if in_progress:
-            return StepOutcome(order.order_id, changed=True, detail=reference)
+            return StepOutcome(order_id, changed=True, detail=reference)
         # Only an attempt that outlived its timeout gets here: the saga moved on to compensate without it.
         # A refund still to come finds this charge; one that already ran (ABANDONED) needs doing now.
         if compensated_already:
@@ -90,61 +80,129 @@ class PaymentActivities:
     @compensation
     @activity.defn
     async def refund_payment(self, order: OrderRef) -> StepOutcome:
-        if not await self._settle_charge(order.order_id):
-            return StepOutcome(order.order_id, changed=False, detail="nothing charged")
-        key = idempotency_key(order.order_id, REFUND)
-        async with self._sessions() as session, session.begin():
-            await lock_order(session, order.order_id)
-            charge = await _payment_by_key(session, idempotency_key(order.order_id, CHARGE))
-            assert charge is not None and charge.status == SUCCEEDED
-            refund = await _payment_by_key(session, key)
-            if refund is not None and refund.status == SUCCEEDED:
-                return StepOutcome(order.order_id, changed=False, detail="already refunded")
-            if refund is None:
-                _record_pending(session, order.order_id, REFUND, key, charge.amount, charge.currency)
-            assert charge.provider_reference is not None
-            request = RefundRequest(key, charge.provider_reference, charge.amount, charge.currency)
+        order_id = order.order_id
+        if not await self._settle_charge(order_id):
+            return StepOutcome(order_id, changed=False, detail="nothing charged")
+        request = await transaction(self._engine, lambda conn: _refund_intent(conn, order_id))
+        if isinstance(request, StepOutcome):
+            return request
 
         reference = await self._gateway.refund(request)
 
-        async with self._sessions() as session, session.begin():
-            refund = await _payment_by_key(session, key)
-            assert refund is not None
-            refund.status = SUCCEEDED
-            refund.provider_reference = reference
-        return StepOutcome(order.order_id, changed=True, detail=reference)
+        await execute_alone(
+            self._engine,
+            update(models.Payment)
+            .where(models.Payment.idempotency_key == request.idempotency_key)
+            .values(status=SUCCEEDED, provider_reference=reference),
+        )
+        return StepOutcome(order_id, changed=True, detail=reference)
 
     async def _settle_charge(self, order_id: str) -> bool:
         """Whether the order was charged. A charge still `pending` here means its attempts ended without
         recording an outcome (a worker died mid-call, retries ran out): the provider, asked by the same
         idempotency key, tells whether it charged, so a compensation never misses money it took."""
         key = idempotency_key(order_id, CHARGE)
-        async with self._sessions() as session:
-            charge = await _payment_by_key(session, key)
-            if charge is None or charge.status != PENDING:
-                return charge is not None and charge.status == SUCCEEDED
+        status = await transaction(self._engine, lambda conn: _payment_status(conn, key))
+        if status != PENDING:
+            return status == SUCCEEDED
         reference = await self._gateway.find_charge(key)
-        async with self._sessions() as session, session.begin():
-            await lock_order(session, order_id)
-            charge = await _payment_by_key(session, key)
-            assert charge is not None
-            if charge.status == PENDING:
-                charge.status = SUCCEEDED if reference is not None else ABANDONED
-                charge.provider_reference = reference
-            return charge.status == SUCCEEDED
+        return await transaction(self._engine, lambda conn: _settle_pending(conn, order_id, key, reference))
 
 
-async def _payment_by_key(session: AsyncSession, key: str) -> models.Payment | None:
-    return await session.scalar(select(models.Payment).where(models.Payment.idempotency_key == key))
+_CHARGE = aliased(models.Payment, name="charge")
+_REFUND = aliased(models.Payment, name="refund")
 
 
-def _record_pending(
-    session: AsyncSession, order_id: str, kind: str, key: str, amount: int, currency: str
+async def _charge_intent(conn: AsyncConnection, order_id: str, key: str) -> ChargeRequest | StepOutcome:
+    """The charge to ask the provider for, its pending row written; or the outcome already recorded."""
+    record = await lock_order(
+        conn,
+        order_id,
+        models.Order.total_amount,
+        models.Order.currency,
+        models.Order.payment_token,
+        _CHARGE.status.label("charge_status"),
+        _CHARGE.provider_reference,
+        _CHARGE.failure_detail,
+        outer_joins=[(_CHARGE, _CHARGE.idempotency_key == key)],
+    )
+    if record.charge_status == SUCCEEDED:
+        return StepOutcome(order_id, changed=False, detail=record.provider_reference or "")
+    if record.charge_status == DECLINED:
+        raise business_failure(PaymentDeclined(record.failure_detail or "declined"))
+    if record.charge_status is None:
+        await _record_pending(conn, order_id, CHARGE, key, record.total_amount, record.currency)
+    return ChargeRequest(key, record.total_amount, record.currency, record.payment_token)
+
+
+async def _record_charge(conn: AsyncConnection, order_id: str, key: str, reference: str) -> tuple[bool, bool]:
+    """Record the provider's success. Returns (a refund already ran for it, the order is still charging)."""
+    record = await lock_order(conn, order_id)
+    # UPDATEs see the row's latest version: a refund that marked it ABANDONED just before is not missed.
+    recorded = update(models.Payment).values(status=SUCCEEDED, provider_reference=reference)
+    by_key = models.Payment.idempotency_key == key
+    compensated_already = False
+    if rowcount(await conn.execute(recorded.where(by_key, models.Payment.status != ABANDONED))) == 0:
+        compensated_already = rowcount(await conn.execute(recorded.where(by_key))) == 1
+        assert compensated_already, f"charge {key} has no pending row"
+    in_progress = record.status in (OrderStatus.INVENTORY_RESERVED, OrderStatus.PAYMENT_CHARGED)
+    if in_progress:
+        await transition(conn, order_id, record.status, OrderStatus.PAYMENT_CHARGED)
+    return compensated_already, in_progress
+
+
+async def _refund_intent(conn: AsyncConnection, order_id: str) -> RefundRequest | StepOutcome:
+    """The refund of the order's succeeded charge, its pending row written; or the outcome recorded."""
+    key = idempotency_key(order_id, REFUND)
+    record = await lock_order(
+        conn,
+        order_id,
+        _CHARGE.status.label("charge_status"),
+        _CHARGE.provider_reference,
+        _CHARGE.amount,
+        _CHARGE.currency,
+        _REFUND.status.label("refund_status"),
+        outer_joins=[
+            (_CHARGE, _CHARGE.idempotency_key == idempotency_key(order_id, CHARGE)),
+            (_REFUND, _REFUND.idempotency_key == key),
+        ],
+    )
+    assert record.charge_status == SUCCEEDED and record.provider_reference is not None
+    if record.refund_status == SUCCEEDED:
+        return StepOutcome(order_id, changed=False, detail="already refunded")
+    if record.refund_status is None:
+        await _record_pending(conn, order_id, REFUND, key, record.amount, record.currency)
+    return RefundRequest(key, record.provider_reference, record.amount, record.currency)
+
+
+async def _payment_status(conn: AsyncConnection, key: str) -> str | None:
+    status: str | None = await conn.scalar(
+        select(models.Payment.status).where(models.Payment.idempotency_key == key)
+    )
+    return status
+
+
+async def _settle_pending(conn: AsyncConnection, order_id: str, key: str, reference: str | None) -> bool:
+    """Record what the provider said of a pending charge; whether the order was charged."""
+    await lock_order(conn, order_id)
+    settled = SUCCEEDED if reference is not None else ABANDONED
+    await conn.execute(
+        update(models.Payment)
+        .where(models.Payment.idempotency_key == key, models.Payment.status == PENDING)
+        .values(status=settled, provider_reference=reference)
+    )
+    return await _payment_status(conn, key) == SUCCEEDED
+
+
+async def _record_pending(
+    conn: AsyncConnection, order_id: str, kind: str, key: str, amount: int, currency: str
 ) -> None:
     """The intent of a charge or refund (`amount` in minor units), written before the provider is called so
-    that every attempt, and a later reconciliation, finds the same row by its idempotency key."""
-    session.add(
-        models.Payment(
+    that every attempt, and a later reconciliation, finds the same row by its idempotency key. A row that
+    exists already (written by a concurrent attempt the lock waited for) is kept."""
+    await conn.execute(
+        insert_or_ignore(conn, models.Payment)
+        .values(
             order_id=order_id,
             kind=kind,
             idempotency_key=key,
@@ -152,4 +210,5 @@ def _record_pending(
             currency=currency,
             status=PENDING,
         )
+        .on_conflict_do_nothing()
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -16,7 +16,7 @@ from api.schemas import CancelAccepted, PlaceOrderIn
 from api.security import Principal
 from domain.errors import InvalidOrder, UnknownProduct
 from domain.model import OrderStatus, PlaceOrder, RequestedItem, ShippingAddress
-from infra.orders import create_order
+from infra.orders import insert_order
 from observability.logs import bind_log_context
 from observability.metrics import metrics
 from orchestrator.client import request_cancel, start_saga
@@ -44,38 +44,41 @@ class OrderCommands:
         self._keys = keys
 
     async def place(self, principal: Principal, key: str, request: PlaceOrderIn) -> PlacedOrder:
-        """Record the order, then start its saga; the same key and body again give the same order.
+        """Claim the key and record the order in one transaction, then start its saga; the same key and
+        body again give the same order. The answer is built from what was written (no read-back).
 
+        If the saga's start fails or the process dies before it, the order stays PLACED under its key: the
+        client's retry with the same key (at once after a clean failure, after the lease after a crash)
+        starts that order's saga, which is idempotent by its workflow id, and answers as the first would.
         Raises KeyReused / KeyInFlight (`api.idempotency`), OrderRejected (a domain rule refused the
-        order; the key is freed), OrchestratorUnavailable (recorded, saga not started: retry).
+        order; nothing is kept and the key is free), OrchestratorUnavailable (recorded, saga not
+        started: retry).
         """
-        claim = await self._keys.claim(principal.name, key, request_fingerprint(request), str(uuid.uuid4()))
-        bind_log_context(order_id=claim.order_id)
-        if claim.replay:
-            return PlacedOrder(claim.order_id, await self._recorded_status(claim.order_id), replayed=True)
 
-        command = to_command(claim.order_id, request)
+        async def record(conn: AsyncConnection, order_id: str) -> None:
+            await insert_order(conn, to_command(order_id, request))
+
         try:
-            # False on a resumed claim whose order was recorded before its request died: keep it.
-            if await create_order(self._sessions, command):
-                metrics().orders_placed.inc()
+            claim = await self._keys.claim(
+                principal.name, key, request_fingerprint(request), str(uuid.uuid4()), record
+            )
         except (UnknownProduct, InvalidOrder) as rejected:
-            # Nothing was written: the key is free again, for this body corrected.
-            await self._keys.release(principal.name, key)
             raise OrderRejected(rejected, tuple(item.sku for item in request.items)) from rejected
-        except Exception:
-            await self._keys.mark_retryable(principal.name, key)
-            raise
+        bind_log_context(order_id=claim.order_id)
+        if claim.created:
+            metrics().orders_placed.inc()
+        if claim.replay:
+            return PlacedOrder(claim.order_id, claim.status, replayed=True)
         try:
-            await start_saga(self._temporal, self._task_queue, command.order_id, command.customer_id)
+            await start_saga(self._temporal, self._task_queue, claim.order_id, request.customer.id)
         except RPCError as err:
             await self._keys.mark_retryable(principal.name, key)
-            raise OrchestratorUnavailable(command.order_id) from err
+            raise OrchestratorUnavailable(claim.order_id) from err
         except Exception:
             await self._keys.mark_retryable(principal.name, key)
             raise
         await self._keys.complete(principal.name, key)
-        return PlacedOrder(command.order_id, await self._recorded_status(command.order_id), replayed=False)
+        return PlacedOrder(claim.order_id, claim.status, replayed=False)
 
     async def cancel(self, order_id: str, reason: str) -> CancelAccepted:
         """Ask the saga to cancel. Raises OrderNotFound, or CancelRefused once it is too late
@@ -96,12 +99,6 @@ class OrderCommands:
         if not outcome.accepted:
             raise CancelRefused(order_id, outcome.status, outcome.reason)
         return CancelAccepted(order_id=uuid.UUID(order_id), status=outcome.status, detail=outcome.reason)
-
-    async def _recorded_status(self, order_id: str) -> OrderStatus:
-        status = await order_status(self._sessions, order_id)
-        if status is None:
-            raise RuntimeError(f"order {order_id} is missing although its Idempotency-Key recorded it")
-        return status
 
 
 def to_command(order_id: str, request: PlaceOrderIn) -> PlaceOrder:

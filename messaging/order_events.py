@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts.envelope import EventType, Payload, event_id_for, new_event
 from contracts.orders import (
@@ -21,11 +22,27 @@ from infra import models
 from infra.models import utcnow
 from messaging.outbox import add_to_outbox
 
+# The order's columns an event is built from; the callers read them with the order's lock.
+ORDER_EVENT_COLUMNS = (
+    models.Order.id,
+    models.Order.workflow_id,
+    models.Order.customer_id,
+    models.Order.customer_email,
+    models.Order.currency,
+    models.Order.total_amount,
+)
 
-async def record_order_shipped(session: AsyncSession, order: models.Order) -> None:
-    """Write OrderShipped v1 for a SHIPPED order (its shipment must exist) to the outbox."""
-    shipment = await session.scalar(select(models.Shipment).where(models.Shipment.order_id == order.id))
-    if shipment is None:
+
+async def record_order_shipped(
+    conn: AsyncConnection,
+    order: Row[Any],
+    lines: Sequence[Row[Any]],
+    carrier: str | None,
+    tracking_number: str | None,
+) -> None:
+    """Write OrderShipped v1 for a SHIPPED order to the outbox: `order` has `ORDER_EVENT_COLUMNS`, `lines`
+    are its lines (`sku`, `quantity`, `unit_price`, `line_total`). Raises LookupError without a shipment."""
+    if carrier is None or tracking_number is None:
         raise LookupError(f"order {order.id} is shipped but has no shipment")
     shipped_at = utcnow()
     payload = OrderShippedV1(
@@ -38,24 +55,25 @@ async def record_order_shipped(session: AsyncSession, order: models.Order) -> No
             OrderLineV1(
                 sku=line.sku, quantity=line.quantity, unit_price=line.unit_price, line_total=line.line_total
             )
-            for line in order.lines
+            for line in lines
         ),
-        shipment=ShipmentV1(carrier=shipment.carrier, tracking_number=shipment.tracking_number),
+        shipment=ShipmentV1(carrier=carrier, tracking_number=tracking_number),
         shipped_at=shipped_at,
     )
-    await _record(session, order, ORDER_SHIPPED_V1, payload, shipped_at)
+    await _record(conn, order, ORDER_SHIPPED_V1, payload, shipped_at)
 
 
 async def record_order_cancelled(
-    session: AsyncSession,
-    order: models.Order,
+    conn: AsyncConnection,
+    order: Row[Any],
     *,
     final_status: str,
     reason: str,
     detail: str,
     compensations: Sequence[str],
 ) -> None:
-    """Write OrderCancelled v1 for an order the saga closed as CANCELLED or FAILED to the outbox."""
+    """Write OrderCancelled v1 for an order the saga closed as CANCELLED or FAILED to the outbox (`order`
+    has `ORDER_EVENT_COLUMNS`)."""
     cancelled_at = utcnow()
     payload = OrderCancelledV1(
         order_id=order.id,
@@ -69,11 +87,11 @@ async def record_order_cancelled(
         total_amount=order.total_amount,
         cancelled_at=cancelled_at,
     )
-    await _record(session, order, ORDER_CANCELLED_V1, payload, cancelled_at)
+    await _record(conn, order, ORDER_CANCELLED_V1, payload, cancelled_at)
 
 
 async def _record(
-    session: AsyncSession, order: models.Order, event_type: EventType, payload: Payload, at: datetime
+    conn: AsyncConnection, order: Row[Any], event_type: EventType, payload: Payload, at: datetime
 ) -> None:
     """The order's event of this type into the outbox. Its id depends only on the workflow id and the type,
     so a retried or replayed step writes the same event again, which the outbox ignores."""
@@ -84,4 +102,4 @@ async def _record(
         time=at,
         data=payload,
     )
-    await add_to_outbox(session, event)
+    await add_to_outbox(conn, event)

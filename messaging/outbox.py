@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import text
+from sqlalchemy import func
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from contracts.envelope import CloudEvent
 from infra.models import utcnow
@@ -15,13 +15,14 @@ from observability.tracing import current_traceparent
 OUTBOX_CHANNEL = "outbox_events"
 
 
-async def add_to_outbox(session: AsyncSession, event: CloudEvent) -> None:
-    """Queue `event` for publishing as part of the session's open transaction.
+async def add_to_outbox(executor: AsyncSession | AsyncConnection, event: CloudEvent) -> None:
+    """Queue `event` for publishing as part of the open transaction of `executor` (one statement).
 
     The id is deterministic, so writing the same event again (a retried step) is a no-op. The current trace
     context (the step's span, when tracing is on) goes with the row, for the relay to continue.
     """
-    dialect = session.get_bind().dialect.name
+    bind = executor.get_bind() if isinstance(executor, AsyncSession) else executor
+    dialect = bind.dialect.name
     now = utcnow()
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     statement = (
@@ -40,7 +41,9 @@ async def add_to_outbox(session: AsyncSession, event: CloudEvent) -> None:
         )
         .on_conflict_do_nothing(index_elements=[OutboxEvent.id])
     )
-    await session.execute(statement)
     if dialect == "postgresql":
-        # Wakes the relay the moment this transaction commits (and not at all if it rolls back).
-        await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": OUTBOX_CHANNEL})
+        # Wakes the relay the moment this transaction commits (and not at all if it rolls back). In the
+        # insert's RETURNING, so it costs no round trip, and a duplicate (no row) notifies nobody.
+        await executor.execute(statement.returning(func.pg_notify(OUTBOX_CHANNEL, "")))
+    else:
+        await executor.execute(statement)

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import func, select, text
+from temporalio.service import RPCError, RPCStatusCode
 
 from api import commands
 from api.commands import to_command
@@ -116,7 +117,7 @@ async def test_a_key_still_in_flight_is_a_conflict(api: ApiHarness) -> None:
         # Inserting the order's line needs a key-share lock on its product row: FOR UPDATE holds it off.
         await blocker.execute(text("SELECT sku FROM products WHERE sku = 'SKU-A' FOR UPDATE"))
         first = asyncio.create_task(api.place(body, key="slow-key"))
-        await wait_for_key_state(api, "shop", "slow-key", "in_flight")
+        # Its claim is in the order's transaction, not committed yet: the lock wait shows it is there.
         await wait_until_blocked_on_a_lock(api)
 
         concurrent = await api.place(body, key="slow-key")
@@ -246,3 +247,122 @@ async def assert_refused_in_flight_then_replayed(
     assert again.status_code == 202
     assert again.json()["order_id"] == placed.json()["order_id"]
     assert await order_count(api) == 1
+
+
+class ProcessDied(BaseException):
+    """Stands for the API process dying: no handler runs, so nothing after the commit happens."""
+
+
+def start_failing_once(
+    monkeypatch: pytest.MonkeyPatch, failure: BaseException, *, after_start: bool = False
+) -> list[str]:
+    """Make the first start of a saga raise `failure`: before reaching Temporal, or `after_start` (the
+    saga started, its answer was lost); later starts are real. Returns the order ids asked for."""
+    start_saga = orchestrator_client.start_saga  # what api.commands imported
+    asked: list[str] = []
+
+    async def failing_once(client: Any, task_queue: str, order_id: str, customer_id: str) -> Any:
+        asked.append(order_id)
+        if len(asked) == 1:
+            if after_start:
+                await start_saga(client, task_queue, order_id, customer_id)
+            raise failure
+        return await start_saga(client, task_queue, order_id, customer_id)
+
+    monkeypatch.setattr(commands, "start_saga", failing_once)
+    return asked
+
+
+async def assert_one_order_and_one_saga(api: ApiHarness, order_id: str) -> None:
+    assert (await api.wait_for(order_id))["status"] == "SHIPPED"
+    assert await order_count(api) == 1
+    assert list(api.gateway.charges) == [f"{order_id}:charge"]
+    await wait_for_workflow_ids(api, [f"order-{order_id}"])
+    await wait_for_key_state(api, "shop", "crash-key", "completed")
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite", "postgresql"])
+async def test_a_saga_start_that_fails_after_the_commit_is_made_by_the_retry(
+    api: ApiHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The order and its key were committed, then Temporal refused the start: 503, and the client's retry
+    with the same key starts that order's saga and answers as the first request would have."""
+    await api.add_product("SKU-A", stock=10)
+    body = order_body({"SKU-A": 1})
+    asked = start_failing_once(
+        monkeypatch, RPCError("simulated: Temporal unreachable", RPCStatusCode.UNAVAILABLE, b"")
+    )
+
+    failed = await api.place(body, key="crash-key")
+    assert failed.status_code == 503, failed.text
+    assert failed.json()["type"] == "urn:order-saga:problem:orchestrator-unavailable"
+    [order_id] = asked
+    async with api.database.sessions() as session:
+        order = await session.get(models.Order, order_id)
+    assert order is not None and order.status == "PLACED"
+    await wait_for_key_state(api, "shop", "crash-key", "retryable")
+
+    retry = await api.place(body, key="crash-key")
+
+    assert retry.status_code == 202, retry.text
+    assert retry.json() == {"order_id": order_id, "status": "PLACED", "href": f"/orders/{order_id}"}
+    assert "Idempotent-Replayed" not in retry.headers
+    assert asked == [order_id, order_id]
+    await assert_one_order_and_one_saga(api, order_id)
+
+
+@pytest.mark.parametrize(
+    ("db_backend", "after_start"),
+    [("sqlite", False), ("postgresql", False), ("postgresql", True)],
+    ids=["sqlite-before-start", "postgresql-before-start", "postgresql-after-start"],
+)
+async def test_a_process_that_dies_between_the_commit_and_the_start_is_finished_by_the_retry(
+    api: ApiHarness, monkeypatch: pytest.MonkeyPatch, after_start: bool
+) -> None:
+    """The API dies after committing the order and its claim, before its saga started (or after, before
+    marking the key): the key stays in flight (409 while its lease runs), then the retry starts the
+    recorded order's saga, or finds it started (same workflow id), and answers with that order."""
+    await api.add_product("SKU-A", stock=10)
+    body = order_body({"SKU-A": 1})
+    asked = start_failing_once(monkeypatch, ProcessDied(), after_start=after_start)
+
+    with pytest.raises(ProcessDied):
+        await api.place(body, key="crash-key")
+    [order_id] = asked
+    await wait_for_key_state(api, "shop", "crash-key", "in_flight")
+    assert (await api.place(body, key="crash-key")).status_code == 409
+    lease_ago = models.utcnow() - timedelta(seconds=api.settings.api_idempotency_lease_seconds + 1)
+    async with api.database.sessions() as session, session.begin():
+        key = await session.get(models.IdempotencyKey, ("shop", "crash-key"))
+        assert key is not None
+        key.updated_at = lease_ago
+
+    retry = await api.place(body, key="crash-key")
+
+    assert retry.status_code == 202, retry.text
+    answer = retry.json()
+    assert (answer["order_id"], answer["href"]) == (order_id, f"/orders/{order_id}")
+    # Before the start nothing moved the order; after it, the saga may have.
+    assert answer["status"] == "PLACED" or after_start
+    assert asked == [order_id, order_id]
+    await assert_one_order_and_one_saga(api, order_id)
+
+
+async def test_a_key_being_taken_over_is_a_conflict_at_once(
+    api: ApiHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a retry takes a key over (it holds the key's row), the same key again is 409, not a wait."""
+    await api.add_product("SKU-A", stock=10)
+    body = order_body({"SKU-A": 1})
+    start_failing_once(monkeypatch, RPCError("simulated", RPCStatusCode.UNAVAILABLE, b""))
+    assert (await api.place(body, key="crash-key")).status_code == 503
+
+    async with api.database.engine.connect() as taking_over:
+        await taking_over.execute(text("SELECT 1 FROM idempotency_keys WHERE key = 'crash-key' FOR UPDATE"))
+        concurrent = await asyncio.wait_for(api.place(body, key="crash-key"), 10)
+        await taking_over.rollback()
+
+    assert concurrent.status_code == 409, concurrent.text
+    assert concurrent.json()["type"] == "urn:order-saga:problem:idempotency-key-in-flight"
+    retry = await api.place(body, key="crash-key")
+    assert retry.status_code == 202, retry.text
