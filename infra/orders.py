@@ -18,27 +18,32 @@ class OrderNotFound(LookupError):
     """No order row with that id. In an activity it is a retryable failure of type `OrderNotFound`."""
 
 
-async def create_order(session_factory: async_sessionmaker[AsyncSession], command: PlaceOrder) -> bool:
+async def create_order(
+    session_factory: async_sessionmaker[AsyncSession], command: PlaceOrder
+) -> Money | None:
     """Write the order in PLACED state with its lines, priced from the catalogue, in one transaction.
 
-    Returns False when an order with this id already exists (nothing is written then).
+    Returns the order's total, or None when an order with this id already exists (nothing is written then).
     Raises UnknownProduct / InvalidOrder before anything is written.
     """
     try:
         async with session_factory() as session, session.begin():
             if await session.get(models.Order, command.order_id) is not None:
-                return False
-            session.add_all(await _priced_order_rows(session, command))
+                return None
+            order, placed = await _priced_order_rows(session, command)
+            session.add_all([order, placed])
     except IntegrityError:
         # A concurrent placement of the same order won the race; its row is the order.
         async with session_factory() as session:
             if await session.get(models.Order, command.order_id) is not None:
-                return False
+                return None
         raise
-    return True
+    return Money(order.total_amount, order.currency)
 
 
-async def _priced_order_rows(session: AsyncSession, command: PlaceOrder) -> list[object]:
+async def _priced_order_rows(
+    session: AsyncSession, command: PlaceOrder
+) -> tuple[models.Order, models.OrderStatusChange]:
     skus = [item.sku for item in command.items]
     products = (await session.scalars(select(models.Product).where(models.Product.sku.in_(skus)))).all()
     prices = {p.sku: Money(p.unit_price, p.currency) for p in products}
@@ -64,7 +69,7 @@ async def _priced_order_rows(session: AsyncSession, command: PlaceOrder) -> list
             for number, line in enumerate(lines, start=1)
         ],
     )
-    return [order, models.OrderStatusChange(order_id=order.id, status=OrderStatus.PLACED)]
+    return order, models.OrderStatusChange(order_id=order.id, status=OrderStatus.PLACED)
 
 
 async def lock_order(session: AsyncSession, order_id: str, *, with_lines: bool = False) -> models.Order:
