@@ -19,7 +19,7 @@ from domain.model import OrderStatus, PlaceOrder, RequestedItem, ShippingAddress
 from infra.orders import create_order
 from observability.logs import bind_log_context
 from observability.metrics import metrics
-from orchestrator.client import request_cancel, start_saga
+from orchestrator.client import console_order_url, request_cancel, start_saga
 
 
 @dataclass(frozen=True)
@@ -37,11 +37,14 @@ class OrderCommands:
         temporal: Client,
         task_queue: str,
         keys: IdempotencyKeys,
+        public_url: str | None = None,
     ) -> None:
+        """`public_url` (API_PUBLIC_URL): each saga links its order's console page from the Web UI."""
         self._sessions = sessions
         self._temporal = temporal
         self._task_queue = task_queue
         self._keys = keys
+        self._public_url = public_url
 
     async def place(self, principal: Principal, key: str, request: PlaceOrderIn) -> PlacedOrder:
         """Record the order, then start its saga; the same key and body again give the same order.
@@ -56,8 +59,10 @@ class OrderCommands:
 
         command = to_command(claim.order_id, request)
         try:
-            # False on a resumed claim whose order was recorded before its request died: keep it.
-            if await create_order(self._sessions, command):
+            # None on a resumed claim whose order was recorded before its request died: keep it (its
+            # saga then shows no amount in the Web UI).
+            total = await create_order(self._sessions, command)
+            if total is not None:
                 metrics().orders_placed.inc()
         except (UnknownProduct, InvalidOrder) as rejected:
             # Nothing was written: the key is free again, for this body corrected.
@@ -67,7 +72,17 @@ class OrderCommands:
             await self._keys.mark_retryable(principal.name, key)
             raise
         try:
-            await start_saga(self._temporal, self._task_queue, command.order_id, command.customer_id)
+            await start_saga(
+                self._temporal,
+                self._task_queue,
+                command.order_id,
+                command.customer_id,
+                items=command.items,
+                total=total,
+                console_url=console_order_url(self._public_url, command.order_id)
+                if self._public_url
+                else None,
+            )
         except RPCError as err:
             await self._keys.mark_retryable(principal.name, key)
             raise OrchestratorUnavailable(command.order_id) from err
