@@ -1,11 +1,13 @@
 """Worker CPU per saga with the sandboxed and the unsandboxed workflow runner, in one run (WORKFLOW_SANDBOX).
 
-    python -m bench.sandbox [--sagas 200] [--rounds 2]
+    python -m bench.sandbox [--sagas 200] [--concurrency 20] [--rounds 3]
 
 Starts a Temporal dev server of its own (offline binary, in memory, the tests' flags), then alternates the two
-runners, sandboxed first (A/B/A/B...): each round starts `--sagas` real `OrderWorkflow`s at once on a task
-queue of its own, with a fresh worker of that runner in this process, and waits on their results. The steps
-are no-op activities of the saga's names and types (no database), so what differs is the runner alone.
+runners, sandboxed first (A/B/A/B...): each round runs `--sagas` real `OrderWorkflow`s, `--concurrency` at a
+time, on a task queue of its own with a fresh worker of that runner in this process, waiting on each result.
+The steps are no-op activities of the saga's names and types (no database), so what differs is the runner
+alone. Bounded concurrency keeps the worker out of overload: in a burst, sagas wait for the worker with
+their workflow task open (the local steps), which adds workflow-task heartbeats to both runners' figures.
 
 Prints per round the CPU ms per saga of this process (worker and client: the client's share is the same
 for both runners) and of the dev server, and the wall time; then the medians per runner and the difference,
@@ -117,10 +119,26 @@ def _cpu_seconds(process: psutil.Process) -> float:
 
 
 async def _round(
-    client: Client, server: psutil.Process, name: str, runner: WorkflowRunner, sagas: int
+    client: Client, server: psutil.Process, name: str, runner: WorkflowRunner, sagas: int, concurrency: int
 ) -> Round:
     task_queue = f"bench-sandbox-{uuid.uuid4().hex[:8]}"
     me = psutil.Process()
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one() -> None:
+        async with slots:
+            order_id = str(uuid.uuid4())
+            handle = await start_saga(
+                client,
+                task_queue,
+                order_id,
+                "cust-bench",
+                items=(RequestedItem("SKU-A", 2),),
+                total=Money(1250, "EUR"),
+                console_url=console_order_url("http://127.0.0.1:8000", order_id),
+            )
+            await handle.result()
+
     async with Worker(
         client,
         task_queue=task_queue,
@@ -129,27 +147,13 @@ async def _round(
         workflow_runner=runner,
     ):
         own, on_server, started = _cpu_seconds(me), _cpu_seconds(server), time.monotonic()
-        handles = []
-        for _ in range(sagas):
-            order_id = str(uuid.uuid4())
-            handles.append(
-                await start_saga(
-                    client,
-                    task_queue,
-                    order_id,
-                    "cust-bench",
-                    items=(RequestedItem("SKU-A", 2),),
-                    total=Money(1250, "EUR"),
-                    console_url=console_order_url("http://127.0.0.1:8000", order_id),
-                )
-            )
-        await asyncio.gather(*(handle.result() for handle in handles))
+        await asyncio.gather(*(one() for _ in range(sagas)))
         wall = time.monotonic() - started
         own, on_server = _cpu_seconds(me) - own, _cpu_seconds(server) - on_server
     return Round(name, own * 1000 / sagas, on_server * 1000 / sagas, wall)
 
 
-async def main(sagas: int, rounds: int) -> None:
+async def main(sagas: int, concurrency: int, rounds: int) -> None:
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=executable("temporal"),
         search_attributes=list(search_attributes.ALL),
@@ -163,11 +167,11 @@ async def main(sagas: int, rounds: int) -> None:
             "sandboxed": SandboxedWorkflowRunner,
             "unsandboxed": UnsandboxedWorkflowRunner,
         }
-        await _round(env.client, server, "warm-up", UnsandboxedWorkflowRunner(), min(sagas, 50))
+        await _round(env.client, server, "warm-up", UnsandboxedWorkflowRunner(), min(sagas, 50), concurrency)
         results: list[Round] = []
         for number in range(rounds):
             for name, runner in runners.items():
-                result = await _round(env.client, server, name, runner(), sagas)
+                result = await _round(env.client, server, name, runner(), sagas, concurrency)
                 results.append(result)
                 print(
                     f"round {number + 1} {name:<11} worker+client {result.own_ms:6.2f} ms/saga  "
@@ -187,6 +191,7 @@ if __name__ == "__main__":
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sagas", type=int, default=200, help="sagas per round (default 200)")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds of each runner, alternated (default 2)")
+    parser.add_argument("--concurrency", type=int, default=20, help="sagas in flight at once (default 20)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of each runner, alternated (default 3)")
     args = parser.parse_args()
-    asyncio.run(main(args.sagas, args.rounds))
+    asyncio.run(main(args.sagas, args.concurrency, args.rounds))

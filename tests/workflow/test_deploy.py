@@ -155,6 +155,8 @@ async def test_sagas_started_on_the_previous_code_finish_right_on_the_new_worker
         assert replayed.replay_failure is None, name
 
 
+# About workflow code only: one database is enough.
+@pytest.mark.parametrize("db_backend", ["sqlite"])
 async def test_a_rollback_stalls_new_sagas_without_a_wrong_step_until_a_new_worker_is_back(
     saga_harness: SagaHarness,
 ) -> None:
