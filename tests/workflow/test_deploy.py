@@ -168,8 +168,9 @@ async def test_a_rollback_stalls_new_sagas_without_a_wrong_step_until_a_new_work
     gate = Gate(PaymentActivities(harness.database.sessions, harness.gateway).charge_payment)
 
     def current_worker() -> Any:
-        # No cache: the stopped worker leaves no sticky queue behind for its sagas.
-        return saga_worker(harness, workflows_only=True, max_cached_workflows=0)
+        # With its cache (no max_cached_workflows=0 here: a worker without one evicts a saga whose local
+        # reserve runs when another needs the slot, and that workflow task times out after 10 s).
+        return saga_worker(harness, workflows_only=True)
 
     async with saga_worker(harness, activities_only=True, replace=[gate.activity()]):
         async with current_worker():
@@ -186,6 +187,7 @@ async def test_a_rollback_stalls_new_sagas_without_a_wrong_step_until_a_new_work
             for handle in handles.values():
                 await wait_for_history_event(handle, EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED)
             stalled = {name: await handle.fetch_history() for name, handle in handles.items()}
+        # The server retries a failed workflow task after 10 s (longer after more failures).
         async with current_worker():
             await asyncio.gather(*(workflow_outcome(handle) for handle in handles.values()))
 
