@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     # Seconds in-flight activities may run on after a shutdown signal before they are cancelled.
     worker_shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 10.0
     # Run workflow code in the SDK's sandbox (a fresh module namespace per workflow run, restricted
-    # calls). Off: a few ms less worker CPU per saga (README, "Changing the workflow safely"); the replay
+    # calls). Off: about 17 ms less worker CPU per saga (README, "Changing the workflow safely"); the replay
     # tests keep the sandbox on, so CI still catches non-deterministic workflow code.
     workflow_sandbox: bool = False
     # Artificial latency of the built-in simulated payment provider (demos, kill tests).

@@ -9,7 +9,7 @@
   copy is what recorded it. Remove a set with its patch's old branch (`deprecate_patch`), once no saga
   started before the patch is open or queried any more.
 
-Every replay here runs in the SDK's sandbox (the Replayer's default runner), whatever WORKFLOW_SANDBOX
+Every replay here runs in the SDK's sandbox (stated, not left to the default), whatever WORKFLOW_SANDBOX
 says for production workers: workflow code that reads the clock, does I/O or imports something
 non-deterministic fails here even though an unsandboxed worker would run it.
 
