@@ -11,9 +11,24 @@ from domain.model import OrderStatus
 
 
 @dataclass(frozen=True)
+class SagaLine:
+    sku: str
+    quantity: int
+
+
+@dataclass(frozen=True)
 class OrderSagaInput:
+    """The saga's input. Beyond the ids, what the Temporal Web UI shows of the order (activity summaries,
+    current details), given by the client because workflow code reads nothing else: the lines, the total
+    in minor units of `currency`, and the order's console page. Empty on sagas started before patch
+    `lean-saga` and when the starter does not know them (the Web UI then shows the step names only)."""
+
     order_id: str
     customer_id: str
+    lines: tuple[SagaLine, ...] = ()
+    total: int | None = None
+    currency: str | None = None
+    console_url: str | None = None
 
 
 @dataclass(frozen=True)

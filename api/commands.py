@@ -15,11 +15,11 @@ from api.queries import order_status
 from api.schemas import CancelAccepted, PlaceOrderIn
 from api.security import Principal
 from domain.errors import InvalidOrder, UnknownProduct
-from domain.model import OrderStatus, PlaceOrder, RequestedItem, ShippingAddress
+from domain.model import Money, OrderStatus, PlaceOrder, RequestedItem, ShippingAddress
 from infra.orders import insert_order
 from observability.logs import bind_log_context
 from observability.metrics import metrics
-from orchestrator.client import request_cancel, start_saga
+from orchestrator.client import console_order_url, request_cancel, start_saga
 
 
 @dataclass(frozen=True)
@@ -37,11 +37,14 @@ class OrderCommands:
         temporal: Client,
         task_queue: str,
         keys: IdempotencyKeys,
+        public_url: str | None = None,
     ) -> None:
+        """`public_url` (API_PUBLIC_URL): each saga links its order's console page from the Web UI."""
         self._sessions = sessions
         self._temporal = temporal
         self._task_queue = task_queue
         self._keys = keys
+        self._public_url = public_url
 
     async def place(self, principal: Principal, key: str, request: PlaceOrderIn) -> PlacedOrder:
         """Claim the key and record the order in one transaction, then start its saga; the same key and
@@ -55,8 +58,11 @@ class OrderCommands:
         started: retry).
         """
 
+        total: Money | None = None  # None when a retry resumes a claim whose first request died
+
         async def record(conn: AsyncConnection, order_id: str) -> None:
-            await insert_order(conn, to_command(order_id, request))
+            nonlocal total
+            total = await insert_order(conn, to_command(order_id, request))
 
         try:
             claim = await self._keys.claim(
@@ -70,7 +76,15 @@ class OrderCommands:
         if claim.replay:
             return PlacedOrder(claim.order_id, claim.status, replayed=True)
         try:
-            await start_saga(self._temporal, self._task_queue, claim.order_id, request.customer.id)
+            await start_saga(
+                self._temporal,
+                self._task_queue,
+                claim.order_id,
+                request.customer.id,
+                items=to_command(claim.order_id, request).items,
+                total=total,  # without it the Web UI shows no amount
+                console_url=console_order_url(self._public_url, claim.order_id) if self._public_url else None,
+            )
         except RPCError as err:
             await self._keys.mark_retryable(principal.name, key)
             raise OrchestratorUnavailable(claim.order_id) from err

@@ -89,7 +89,13 @@ async def _order_commands(resources: ResourcesDep) -> OrderCommands:
     keys = IdempotencyKeys(
         resources.database.sessions, timedelta(seconds=settings.api_idempotency_lease_seconds)
     )
-    return OrderCommands(resources.database.sessions, resources.temporal, settings.temporal_task_queue, keys)
+    return OrderCommands(
+        resources.database.sessions,
+        resources.temporal,
+        settings.temporal_task_queue,
+        keys,
+        settings.api_public_url,
+    )
 
 
 async def _order_queries(resources: ResourcesDep) -> OrderQueries:

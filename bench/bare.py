@@ -4,7 +4,7 @@
 
 `BareWorkflow` runs three no-op activities one after the other, with the saga's step timeout. Its worker runs
 in its own process with the workflow runner the saga's worker would use under the same settings (sandboxed
-or not): it asks `entrypoints.worker.build_worker` for its configuration, so a setting that switches the
+or not): it asks `entrypoints.worker.workflow_runner`, so a setting that switches the
 saga's runner switches the floor's too, and a comparison of the two never mixes runners.
 """
 
@@ -16,7 +16,6 @@ import sys
 from datetime import timedelta
 
 from temporalio import activity, workflow
-from temporalio.client import Client
 from temporalio.worker import Worker, WorkflowRunner
 
 TIMEOUT = timedelta(seconds=15)
@@ -37,18 +36,13 @@ class BareWorkflow:
         return done
 
 
-def saga_workflow_runner(client: Client) -> WorkflowRunner:
-    """The workflow runner of the saga's worker built from this process's settings (never started)."""
+def saga_workflow_runner() -> WorkflowRunner:
+    """The workflow runner the saga's worker uses under this process's settings (WORKFLOW_SANDBOX)."""
     # Imported here so that importing the workflow (the sandbox does) pulls in nothing of the service.
-    from entrypoints.worker import build_worker
-    from infra.db import open_database
+    from entrypoints.worker import workflow_runner
     from infra.settings import load_settings
 
-    settings = load_settings()
-    database = open_database(settings)  # connects lazily: never, here
-    runner = build_worker(client, settings, database).config()["workflow_runner"]
-    assert runner is not None
-    return runner
+    return workflow_runner(load_settings())
 
 
 async def serve(task_queue: str) -> None:
@@ -56,7 +50,7 @@ async def serve(task_queue: str) -> None:
     from orchestrator.client import connect_temporal
 
     client = await connect_temporal(load_settings())
-    runner = saga_workflow_runner(client)
+    runner = saga_workflow_runner()
     print(f"bare worker: workflow runner {type(runner).__name__}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -43,9 +43,9 @@ class OrderNotFound(LookupError):
     """No order row with that id. In an activity it is a retryable failure of type `OrderNotFound`."""
 
 
-async def insert_order(conn: AsyncConnection, command: PlaceOrder) -> None:
+async def insert_order(conn: AsyncConnection, command: PlaceOrder) -> Money:
     """Write the order in PLACED state with its lines, priced from the catalogue, and its first history
-    row, in the caller's transaction (two statements on PostgreSQL, four on SQLite).
+    row, in the caller's transaction (two statements on PostgreSQL, four on SQLite). Returns its total.
 
     Raises UnknownProduct / InvalidOrder before anything is written; IntegrityError if the id exists.
     """
@@ -94,20 +94,22 @@ async def insert_order(conn: AsyncConnection, command: PlaceOrder) -> None:
         await conn.execute(
             insert(models.OrderStatusChange).values(order_id=command.order_id, status=OrderStatus.PLACED)
         )
+    return total
 
 
-async def create_order(session_factory: async_sessionmaker[AsyncSession], command: PlaceOrder) -> bool:
+async def create_order(
+    session_factory: async_sessionmaker[AsyncSession], command: PlaceOrder
+) -> Money | None:
     """Write the order (`insert_order`) in a transaction of its own, unless it exists.
 
-    Returns False when an order with this id already exists (nothing is written then).
+    Returns the order's total, or None when an order with this id already exists (nothing is written then).
     Raises UnknownProduct / InvalidOrder before anything is written.
     """
 
-    async def create(conn: AsyncConnection) -> bool:
+    async def create(conn: AsyncConnection) -> Money | None:
         if await _exists(conn, command.order_id):
-            return False
-        await insert_order(conn, command)
-        return True
+            return None
+        return await insert_order(conn, command)
 
     engine = engine_of(session_factory)
     try:
@@ -116,7 +118,7 @@ async def create_order(session_factory: async_sessionmaker[AsyncSession], comman
         # A concurrent placement of the same order won the race; its row is the order.
         async with engine.connect() as conn:
             if await _exists(conn, command.order_id):
-                return False
+                return None
         raise
 
 

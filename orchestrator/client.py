@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -19,8 +20,8 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
-from activities.messages import CancelOutcome, CancelRequest, OrderSagaInput, OrderSagaResult
-from domain.model import OrderStatus, PlaceOrder, workflow_id_for
+from activities.messages import CancelOutcome, CancelRequest, OrderSagaInput, OrderSagaResult, SagaLine
+from domain.model import Money, OrderStatus, PlaceOrder, RequestedItem, workflow_id_for
 from infra.orders import create_order
 from infra.settings import Settings
 from observability import tracing
@@ -104,15 +105,39 @@ async def connect_temporal(
             await asyncio.sleep(1.0)
 
 
+def console_order_url(public_url: str, order_id: str) -> str:
+    """The order's page in the operator console: `<API_PUBLIC_URL>/console/orders/<order id>`."""
+    return f"{public_url.rstrip('/')}/console/orders/{order_id}"
+
+
 async def start_saga(
-    client: Client, task_queue: str, order_id: str, customer_id: str
+    client: Client,
+    task_queue: str,
+    order_id: str,
+    customer_id: str,
+    *,
+    items: Iterable[RequestedItem] = (),
+    total: Money | None = None,
+    console_url: str | None = None,
 ) -> WorkflowHandle[OrderWorkflow, OrderSagaResult]:
-    """Start the order's saga, or return the one already running or finished: never two."""
+    """Start the order's saga, or return the one already running or finished: never two.
+
+    `items`, `total` (the priced order's) and `console_url` (`console_order_url`) are what the Temporal Web
+    UI shows of the saga (activity summaries, current details); without them it shows the step names.
+    """
     workflow_id = workflow_id_for(order_id)
+    saga = OrderSagaInput(
+        order_id=order_id,
+        customer_id=customer_id,
+        lines=tuple(SagaLine(item.sku, item.quantity) for item in items),
+        total=total.amount if total is not None else None,
+        currency=total.currency if total is not None else None,
+        console_url=console_url,
+    )
     try:
         return await client.start_workflow(
             OrderWorkflow.run,
-            OrderSagaInput(order_id=order_id, customer_id=customer_id),
+            saga,
             id=workflow_id,
             task_queue=task_queue,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
@@ -133,12 +158,25 @@ async def place_order(
     client: Client,
     task_queue: str,
     command: PlaceOrder,
+    *,
+    public_url: str | None = None,
 ) -> WorkflowHandle[OrderWorkflow, OrderSagaResult]:
     """Record the order, then start its saga. Safe to repeat: a retry after a crash between the
-    two steps starts the missing saga, a plain duplicate changes nothing."""
-    if await create_order(session_factory, command):
+    two steps starts the missing saga, a plain duplicate changes nothing.
+
+    `public_url` (API_PUBLIC_URL): the saga links the order's console page from the Web UI."""
+    total = await create_order(session_factory, command)
+    if total is not None:
         metrics().orders_placed.inc()
-    return await start_saga(client, task_queue, command.order_id, command.customer_id)
+    return await start_saga(
+        client,
+        task_queue,
+        command.order_id,
+        command.customer_id,
+        items=command.items,
+        total=total,
+        console_url=console_order_url(public_url, command.order_id) if public_url else None,
+    )
 
 
 async def request_cancel(client: Client, order_id: str, reason: str) -> CancelOutcome:

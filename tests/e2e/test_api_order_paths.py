@@ -6,7 +6,9 @@ import asyncio
 
 import pytest
 
+from domain.model import workflow_id_for
 from tests.e2e.conftest import ApiHarness, auth, order_body
+from tests.workflow.webui import activity_summaries, current_details
 
 pytestmark = pytest.mark.e2e
 
@@ -47,6 +49,14 @@ async def test_every_simulated_path_reaches_its_final_status(api: ApiHarness) ->
         ("charge", 2_250, "succeeded")
     ]
     assert shipped["shipment"]["status"] == "created" and shipped["shipment"]["tracking_number"]
+    # The API starts the saga with what the Temporal Web UI shows: the priced order and its console page.
+    saga = api.temporal_env.client.get_workflow_handle(workflow_id_for(by_path["ok"]))
+    assert activity_summaries(await saga.fetch_history())[:2] == [
+        "reserve 2 x SKU-A, 1 x SKU-B",
+        "charge 22.50 EUR",
+    ]
+    console = f"{api.settings.api_public_url}/console/orders/{by_path['ok']}"
+    assert f"[Open the order in the console]({console})" in await current_details(saga)
     assert [change["status"] for change in shipped["status_history"]] == [
         "PLACED",
         "INVENTORY_RESERVED",

@@ -39,18 +39,30 @@ def kinds(entries: list[TimelineEntry]) -> list[tuple[str, str | None]]:
     return [(entry.kind, entry.step) for entry in entries]
 
 
-def test_a_shipped_saga_shows_each_step_scheduled_started_completed_then_the_local_step() -> None:
-    entries = recorded("happy")
+@pytest.mark.parametrize(
+    ("history", "local_reserve", "statuses"),
+    [
+        # The current saga reserves locally and upserts its status at the outcome only (patch lean-saga).
+        ("happy", True, ["SHIPPED"]),
+        ("v2/happy", False, ["INVENTORY_RESERVED", "PAYMENT_CHARGED", "SHIPPED"]),
+    ],
+)
+def test_a_shipped_saga_shows_its_steps_in_order_the_remote_ones_scheduled_started_completed(
+    history: str, local_reserve: bool, statuses: list[str]
+) -> None:
+    entries = recorded(history)
     steps = [(kind, step) for kind, step in kinds(entries) if step is not None]
-    assert steps == [
-        (f"step.{phase}", name)
-        for name in ("reserve_inventory", "charge_payment", "create_shipment")
-        for phase in ("scheduled", "started", "completed")
+    remote = (
+        ("charge_payment", "create_shipment")
+        if local_reserve
+        else ("reserve_inventory", "charge_payment", "create_shipment")
+    )
+    assert steps == [("local_step.completed", "reserve_inventory")] * local_reserve + [
+        (f"step.{phase}", name) for name in remote for phase in ("scheduled", "started", "completed")
     ] + [("local_step.completed", "mark_order_shipped")]
     assert entries[0].kind == "workflow.started" and entries[-1].kind == "workflow.completed"
     assert "status=SHIPPED" in (entries[-1].detail or "")
-    statuses = [entry.summary for entry in entries if entry.kind == "status"]
-    assert statuses == ["status INVENTORY_RESERVED", "status PAYMENT_CHARGED", "status SHIPPED"]
+    assert [entry.summary for entry in entries if entry.kind == "status"] == [f"status {s}" for s in statuses]
     completed = [entry for entry in entries if entry.kind.endswith("completed") and entry.step]
     assert all(entry.duration_ms is not None and entry.duration_ms >= 0 for entry in completed)
 
@@ -77,7 +89,7 @@ def test_a_business_failure_shows_the_failed_step_then_the_compensations_in_reve
     # What each compensation answered: nothing had been charged, the reservation was released.
     assert compensations == [("refund_payment", "nothing charged"), ("release_inventory", "released 1")]
     local = [entry.step for entry in entries if entry.kind == "local_step.completed"]
-    assert local == ["mark_order_status", "close_order"]
+    assert local == ["reserve_inventory", "mark_order_status", "close_order"]
     assert "failure_reason=PAYMENT_DECLINED" in (entries[-1].detail or "")
 
 

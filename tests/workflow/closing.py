@@ -21,7 +21,8 @@ from orchestrator.workflow import OrderWorkflow
 from tests.conftest import SagaHarness, activity_name
 from tests.support import order_snapshot, product
 
-# The steps the workflow runs as local activities: executed by the worker that runs the workflow.
+# The steps every version runs as local activities: executed by the worker that runs the workflow. The
+# reserve is local since patch lean-saga, remote before: `activities_only` workers keep it for old sagas.
 LOCAL_STEPS = frozenset({"mark_order_shipped", "mark_order_status", "close_order"})
 
 

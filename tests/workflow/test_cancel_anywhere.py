@@ -8,7 +8,10 @@ Issue 11.1's kind, covered systematically, on SQLite and PostgreSQL:
   the cancel, then the hold is released;
 - *at* every step boundary: the workflow part of the worker is stopped while a step runs, the step
   ends, the workflow is cancelled, and the restarted worker gets the step's end and the cancel in
-  one workflow task.
+  one workflow task;
+- the reserve is a local step (patch `lean-saga`), run by the worker that runs the saga while it holds
+  the workflow task: a cancel inside it (above) reaches the saga at the worker's workflow-task heartbeat
+  (8 s) and cuts it short; a cancel sent just before it ends (its boundary) reaches the saga right after.
 
 Each case then checks the invariants (`closing.assert_closed_right`): workflow closed, order row
 terminal with its reason, reserved stock back to 0, a charge refunded (or never made), exactly one
@@ -228,7 +231,7 @@ class Boundary:
 
 BOUNDARIES = {
     "before-reserve": Boundary(None, cancelled(RELEASE)),
-    "reserve-charge": Boundary("reserve_inventory", cancelled(RELEASE)),
+    # reserve-charge: the reserve is a local step, see test_a_workflow_cancel_as_the_local_reserve_ends.
     "charge-ship": Boundary("charge_payment", cancelled(REFUND_RELEASE)),
     "ship-mark_shipped": Boundary("create_shipment", cancelled(ALL_THREE)),
     # The charge is declined and the workflow cancelled in the same workflow task: the SDK hands
@@ -291,6 +294,30 @@ async def test_a_workflow_cancel_at_any_step_boundary_ends_clean(
         harness, handle, command.order_id, boundary.expected, stock={"SKU-A": (ON_HAND, 2)}
     )
     await assert_ended_as_asked(handle, boundary.expected)
+
+
+async def test_a_workflow_cancel_as_the_local_reserve_ends_ends_clean(
+    saga_harness: SagaHarness, record_history: HistoryRecorder
+) -> None:
+    # The server has recorded the cancel (handle.cancel() returned) while the worker holds the workflow task
+    # for the local reserve (it shows in the history after that task, the server buffers it); the reserve
+    # then ends at once, so the saga sees the cancel in the next workflow task, the charge scheduled.
+    harness = saga_harness
+    gate = Gate(steps_of(harness)["reserve_inventory"])
+    await add_product(harness.database.sessions, "SKU-A", on_hand=ON_HAND)
+    command = order_command(items={"SKU-A": 2})
+    expected = cancelled(REFUND_RELEASE)
+
+    async with saga_worker(harness, replace=[gate.activity()]):
+        handle = await place_order(harness.database.sessions, harness.client, harness.task_queue, command)
+        await gate.wait_entered()
+        await handle.cancel()
+        gate.open()
+        await workflow_outcome(handle)
+    await record_history(handle, "cancel_at_reserve_charge")
+
+    await assert_closed_right(harness, handle, command.order_id, expected, stock={"SKU-A": (ON_HAND, 2)})
+    await assert_ended_as_asked(handle, expected)
 
 
 async def wait_for_activity_end(handle: WorkflowHandle[Any, Any], name: str | None, *, failed: bool) -> int:

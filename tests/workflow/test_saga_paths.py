@@ -18,6 +18,7 @@ from orchestrator.workflow import OrderWorkflow
 from tests.conftest import HistoryRecorder, SagaHarness
 from tests.support import add_product, order_command, order_snapshot, product
 from tests.workflow.gates import Gate
+from tests.workflow.webui import activity_summaries, current_details, order_status_upserts
 
 pytestmark = pytest.mark.workflow
 
@@ -28,8 +29,11 @@ async def test_happy_path_reserves_charges_ships(saga: SagaHarness, record_histo
     await add_product(saga.database.sessions, "SKU-A", on_hand=5, unit_price=1_000)
     await add_product(saga.database.sessions, "SKU-B", on_hand=5, unit_price=250)
     command = order_command(items={"SKU-A": 2, "SKU-B": 1})
+    public_url = saga.settings.api_public_url
 
-    handle = await place_order(saga.database.sessions, saga.client, saga.task_queue, command)
+    handle = await place_order(
+        saga.database.sessions, saga.client, saga.task_queue, command, public_url=public_url
+    )
     result = await asyncio.wait_for(handle.result(), RESULT_TIMEOUT)
     await record_history(handle, "happy")
 
@@ -48,6 +52,22 @@ async def test_happy_path_reserves_charges_ships(saga: SagaHarness, record_histo
     attributes = (await handle.describe()).typed_search_attributes
     assert attributes.get(search_attributes.ORDER_STATUS) == "SHIPPED"
     assert attributes.get(search_attributes.CUSTOMER_ID) == command.customer_id
+    # The Web UI in business terms: each step's summary, one status upsert (the outcome), a link back.
+    history = await handle.fetch_history()
+    assert activity_summaries(history) == [
+        "reserve 2 x SKU-A, 1 x SKU-B",
+        "charge 22.50 EUR",
+        "ship 2 x SKU-A, 1 x SKU-B",
+        "mark SHIPPED, consume the stock, record OrderShipped",
+    ]
+    assert order_status_upserts(history) == ["SHIPPED"]
+    details = await current_details(handle)
+    assert (
+        f"`{command.order_id}` of customer `{command.customer_id}`: 2 x SKU-A, 1 x SKU-B, 22.50 EUR"
+        in details
+    )
+    assert "**SHIPPED**" in details
+    assert f"({public_url}/console/orders/{command.order_id})" in details
 
 
 async def test_out_of_stock_charges_nothing(saga: SagaHarness, record_history: HistoryRecorder) -> None:
@@ -89,6 +109,20 @@ async def test_payment_declined_releases_stock(saga: SagaHarness, record_history
     assert saga.gateway.refunds == {}
     stock = await product(saga.database.sessions, "SKU-A")
     assert (stock.on_hand, stock.reserved) == (5, 0)
+    history = await handle.fetch_history()
+    assert activity_summaries(history) == [
+        "reserve 3 x SKU-A",
+        "charge 37.50 EUR",
+        "record COMPENSATING",
+        "refund 37.50 EUR",
+        "release 3 x SKU-A",
+        "close FAILED (PAYMENT_DECLINED), record OrderCancelled",
+    ]
+    assert order_status_upserts(history) == ["COMPENSATING", "FAILED"]
+    details = await current_details(handle)
+    assert "**FAILED**: PAYMENT_DECLINED" in details
+    assert "undone: refund_payment, release_inventory" in details
+    assert "console" not in details  # placed without the public URL: no link
 
 
 async def test_shipping_unavailable_refunds_then_releases(
@@ -198,7 +232,9 @@ async def test_cancel_while_charging_refunds_and_releases(
     async with harness.worker(replace=[gate.activity()]):
         handle = await place_order(harness.database.sessions, harness.client, harness.task_queue, command)
         await gate.wait_entered()
+        assert (await current_details(handle)).endswith("**INVENTORY_RESERVED**: charging the payment")
         outcome = await request_cancel(harness.client, command.order_id, "found it cheaper")
+        assert "charging the payment; cancel requested" in await current_details(handle)
         gate.open()
         result = await asyncio.wait_for(handle.result(), RESULT_TIMEOUT)
     await record_history(handle, "cancel_while_charging")
