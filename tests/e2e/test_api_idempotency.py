@@ -261,13 +261,13 @@ def start_failing_once(
     start_saga = orchestrator_client.start_saga  # what api.commands imported
     asked: list[str] = []
 
-    async def failing_once(client: Any, task_queue: str, order_id: str, customer_id: str) -> Any:
+    async def failing_once(client: Any, task_queue: str, order_id: str, *args: Any, **kwargs: Any) -> Any:
         asked.append(order_id)
         if len(asked) == 1:
             if after_start:
-                await start_saga(client, task_queue, order_id, customer_id)
+                await start_saga(client, task_queue, order_id, *args, **kwargs)
             raise failure
-        return await start_saga(client, task_queue, order_id, customer_id)
+        return await start_saga(client, task_queue, order_id, *args, **kwargs)
 
     monkeypatch.setattr(commands, "start_saga", failing_once)
     return asked
