@@ -11,6 +11,9 @@
   reactor for how, and what remains).
 - `prepare_batch(events, context)` (optional) prepares several events and returns the error of each event
   it could not prepare, by event id; by default `prepare` is called for each.
+- `committed(event_ids, context)` (optional) is told, after the transaction of a batch committed, which
+  events it settled (applied now, or found applied before): for bookkeeping in memory that `prepare` keeps
+  until then (no I/O; it must not raise).
 
 Raise `PermanentError` for a message no retry can fix (dead-lettered at once); any other exception is taken
 as transient and retried after a delay, up to the configured number of attempts.
@@ -62,6 +65,7 @@ Apply = Callable[[ReceivedEvent, AsyncSession], Awaitable[None]]
 ApplyBatch = Callable[[Sequence[ReceivedEvent], AsyncSession], Awaitable[None]]
 Prepare = Callable[[ReceivedEvent, ReactorContext], Awaitable[None]]
 PrepareBatch = Callable[[Sequence[ReceivedEvent], ReactorContext], Awaitable[dict[str, Exception]]]
+Committed = Callable[[Sequence[str], ReactorContext], None]
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,7 @@ class Reactor:
     publishes: tuple[str, ...] = ()
     apply_batch: ApplyBatch | None = None
     prepare_batch: PrepareBatch | None = None
+    committed: Committed | None = None
 
     @property
     def subscription(self) -> Subscription:
