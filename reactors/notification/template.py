@@ -13,8 +13,9 @@ the cost (the email package takes 0.45-0.8 ms a mail here, the template microsec
   non-ASCII body gets 8bit or base64 as the server allows, a recipient that needs SMTPUTF8 gets the
   SMTPUTF8 policy): exactly what was sent before the template existed.
 
-Header injection: a CR or LF in any header value is refused with ValueError (the email package refuses it
-the same way), before anything is sent; the caller takes it as a permanent failure of that mail.
+Header injection: a CR, LF or other line break in any header value is refused with ValueError (the email
+package refuses them the same way), before anything is sent; the caller takes it as a permanent failure of
+that mail.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from aiosmtplib.email import extract_sender, flatten_message
 
 # RFC 5322 header lines should stay within 78 characters; longer ones are folded (by the email package).
 MAX_LINE = 78
+# CR, LF and every other character `str.splitlines` breaks at (the email package refuses those too).
+_LINE_BREAK = re.compile("[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 _PLAIN_TEXT = re.compile(r"[\x20-\x7e]+")
 _DOT_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
 _PLAIN_ADDRESS = re.compile(rf"{_DOT_ATOM}@{_DOT_ATOM}")
@@ -53,16 +56,17 @@ class MailTemplate:
         probe = EmailMessage()
         probe["From"] = sender
         envelope_sender = extract_sender(probe)
-        if envelope_sender is None:
+        if envelope_sender is None or "@" not in envelope_sender:
             raise ValueError(f"no address in the sender {sender!r}")
         self.envelope_sender = envelope_sender
-        # What the email package writes around the variable headers of a 7bit text mail.
-        self._head = policy.SMTP.fold("From", sender).encode("ascii")
+        # What the email package writes around the variable headers of a 7bit text mail (a sender with a
+        # non-ASCII name is left to the email package whole).
+        self._fast = sender.isascii()
+        self._head = policy.SMTP.fold("From", sender).encode("ascii") if self._fast else b""
         self._tail = (
             b'Content-Type: text/plain; charset="utf-8"\r\n'
             b"Content-Transfer-Encoding: 7bit\r\nMIME-Version: 1.0\r\n\r\n"
         )
-        self._fast = sender.isascii()
 
     def render(
         self, recipient: str, subject: str, body: str, message_id: str, *, eight_bit: bool = True
@@ -71,7 +75,7 @@ class MailTemplate:
         non-ASCII body then goes as 8bit, else base64), as aiosmtplib decides. Raises ValueError for a
         header value with a CR or LF (header injection)."""
         for name, value in (("To", recipient), ("Subject", subject), ("Message-ID", message_id)):
-            if "\r" in value or "\n" in value:
+            if _LINE_BREAK.search(value):
                 raise ValueError(f"the {name} header may not contain a line break: {value!r}")
         smtputf8 = not recipient.isascii()
         if self._fast and _plain(recipient, subject, body, message_id):
