@@ -66,7 +66,7 @@ printable = st.characters(min_codepoint=0x20, max_codepoint=0x7E)
     subject=st.text(
         st.one_of(printable, st.characters(min_codepoint=0x80, max_codepoint=0x2FFF)), max_size=120
     ),
-    body=st.text(st.characters(min_codepoint=1, blacklist_categories=("Cs",)), max_size=400),
+    body=st.text(st.characters(min_codepoint=1, exclude_categories=["Cs"]), max_size=400),
     eight_bit=st.booleans(),
 )
 def test_any_subject_and_body_give_the_email_package_s_bytes(
