@@ -1,0 +1,323 @@
+"""The reactors' consume rates against raw clients, in one run: `python -m bench.reactors [--messages 2000]`.
+
+Prints figures (and writes them as JSON with `--json PATH`); asserts nothing. Needs PostgreSQL and RabbitMQ
+(run it under `flock -s /tmp/broker.lock`), not Temporal. One run, on a fresh PostgreSQL database:
+
+1. `--messages` order.shipped.v1 events are queued to the three reactors' queues (confirmed publishes).
+2. An SMTP sink (aiosmtpd, no Maildir) runs in a process of its own.
+3. Each reactor runs alone in a process of its own, started once its imports are done, and is timed from
+   its first to its last inbox row. In that process, SQLAlchemy event counters count statements and
+   transactions (begin, commit, rollback) and a wrapper around aiosmtplib counts SMTP commands; a database
+   round trip here is a statement, a BEGIN, a COMMIT or a ROLLBACK (asyncpg sends each on its own).
+4. Raw clients on the same box: aio-pika consuming the same bodies from a quorum queue (manual acks, the
+   reactors' prefetch), and aiosmtplib sending the notification's mails (composed beforehand with the email
+   package) to the same sink, over one connection and over `notification_smtp_connections` of them.
+
+CPU per message is the process's user + system time over the timed window (psutil). The same script run
+on an export of an older commit measures the before (it only uses what both have).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+import psutil
+from aiosmtplib.email import flatten_message
+from sqlalchemy import func, select
+
+from bench.e2e import publish_all, raw_consume, synthetic_shipped_events
+from contracts.envelope import ReceivedEvent, encode_event
+from contracts.orders import ORDER_SHIPPED_V1, OrderShippedV1
+from infra.db import open_database
+from infra.settings import Settings, load_settings
+from messaging.broker import close_quietly, connect
+from messaging.topology import declare_subscription
+from ops.launcher import REACTOR_NAMES, LocalStack, StackOptions
+from ops.provisioning import empty_database, migrate
+from reactors.models import InboxMessage
+from reactors.registry import reactor_named
+
+POLL_SECONDS = 0.1
+
+
+# --- the processes this script starts (`python -m bench.reactors sink|serve ...`)
+
+
+def serve_sink(settings: Settings) -> None:
+    """An SMTP sink without Maildir until SIGTERM."""
+    from reactors.notification.smtp_sink import SmtpSink
+
+    sink = SmtpSink(settings.smtp_host, settings.smtp_port)
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    sink.start()
+    try:
+        stopped.wait()
+    finally:
+        sink.stop()
+
+
+def serve_reactor(name: str, gate: Path) -> None:
+    """One reactor, counted: imports done, `<gate>.ready` is written; it starts once `<gate>.go` exists, and
+    writes its counts to `<gate>.json` when SIGTERM stops it."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    from entrypoints import reactors
+
+    counts: Counter[str] = Counter()
+    for name_ in ("begin", "commit", "rollback"):
+        event.listen(Engine, name_, lambda *_, key=name_: counts.update([key]))
+    event.listen(Engine, "before_cursor_execute", lambda *_: counts.update(["statements"]))
+    execute = aiosmtplib.SMTP.execute_command
+
+    async def counted(self: aiosmtplib.SMTP, *args: Any, **kwargs: Any) -> Any:
+        counts.update(["smtp_commands"])
+        return await execute(self, *args, **kwargs)
+
+    aiosmtplib.SMTP.execute_command = counted  # type: ignore[method-assign]
+    data = aiosmtplib.SMTP.data
+
+    async def counted_data(self: aiosmtplib.SMTP, *args: Any, **kwargs: Any) -> Any:
+        counts.update(["smtp_data"])  # DATA, then the message: two replies awaited, outside execute_command
+        return await data(self, *args, **kwargs)
+
+    aiosmtplib.SMTP.data = counted_data  # type: ignore[method-assign]
+    gate.with_suffix(".ready").touch()
+    while not gate.with_suffix(".go").exists():
+        time.sleep(0.01)
+    try:
+        reactors.main([name])
+    finally:
+        gate.with_suffix(".json").write_text(json.dumps(counts))
+
+
+# --- the run
+
+
+class Run:
+    def __init__(self, args: argparse.Namespace, stack: LocalStack) -> None:
+        self.args = args
+        self.stack = stack
+        self.settings = stack.settings
+        self.database = open_database(stack.settings)
+        self.workdir = stack.options.workdir
+
+    async def queue_events(self, bodies: list[tuple[str, bytes]]) -> None:
+        connection = await connect(self.settings, "bench-reactors-declare")
+        try:
+            channel = await connection.channel()
+            for name in REACTOR_NAMES:
+                subscription = reactor_named(name).subscription
+                await declare_subscription(channel, self.stack.topology, subscription, 10)
+        finally:
+            await close_quietly(connection, 10)
+        await publish_all(self.settings, self.stack.topology.exchange, ORDER_SHIPPED_V1.routing_key, bodies)
+
+    async def reactor(self, name: str, ids: list[str]) -> dict[str, Any]:
+        gate = self.workdir / f"gate-{name}"
+        component = self.stack.python_component(f"reactor-{name}", "bench.reactors", "serve", name, str(gate))
+        await component.start()
+        while not gate.with_suffix(".ready").exists():  # noqa: ASYNC110 (a file another process writes)
+            await asyncio.sleep(0.01)
+        process = psutil.Process(component.pid)
+        cpu = process.cpu_times()
+        gate.with_suffix(".go").touch()
+        first, last = await self._inbox_span(name, ids)
+        cpu_after = process.cpu_times()
+        await component.stop()
+        counts = Counter(json.loads(gate.with_suffix(".json").read_text()))
+        count = len(ids)
+        transactions = counts["begin"]
+        round_trips = counts["statements"] + counts["begin"] + counts["commit"] + counts["rollback"]
+        result = {
+            "per_second": (count - 1) / (last - first) if last > first else float("inf"),
+            "cpu_ms_per_message": _cpu_ms(cpu, cpu_after) / count,
+            "db_transactions_per_message": transactions / count,
+            "db_round_trips_per_message": round_trips / count,
+            "db_statements_per_message": counts["statements"] / count,
+        }
+        if counts["smtp_data"]:
+            # Each command awaits its reply; DATA awaits two (the 354, then the reply to the message).
+            result["smtp_round_trips_per_mail"] = (counts["smtp_commands"] + 2 * counts["smtp_data"]) / count
+        return result
+
+    async def _inbox_span(self, consumer: str, ids: list[str]) -> tuple[float, float]:
+        deadline = time.monotonic() + self.args.timeout
+        while True:
+            async with self.database.sessions() as session:
+                applied, first, last = (
+                    await session.execute(
+                        select(
+                            func.count(),
+                            func.min(InboxMessage.processed_at),
+                            func.max(InboxMessage.processed_at),
+                        ).where(InboxMessage.consumer == consumer, InboxMessage.message_id.in_(ids))
+                    )
+                ).one()
+            if applied >= len(ids):
+                return first.timestamp(), last.timestamp()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{consumer}: {applied}/{len(ids)} applied")
+            await asyncio.sleep(POLL_SECONDS)
+
+    async def raw_smtp(self, mails: list[tuple[str, bytes]], connections: int) -> dict[str, Any]:
+        """The same mails, composed beforehand, sent with aiosmtplib alone over `connections` connections."""
+        sender = "orders@example.com"
+        clients = [
+            aiosmtplib.SMTP(hostname=self.settings.smtp_host, port=self.settings.smtp_port)
+            for _ in range(connections)
+        ]
+        for client in clients:
+            await client.connect()
+        queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        for mail in mails:
+            queue.put_nowait(mail)
+
+        async def drain(client: aiosmtplib.SMTP) -> None:
+            while not queue.empty():
+                recipient, data = queue.get_nowait()
+                await client.sendmail(sender, [recipient], data, mail_options=["BODY=8BITMIME"])
+
+        process = psutil.Process()
+        cpu = process.cpu_times()
+        started = time.perf_counter()
+        await asyncio.gather(*(drain(client) for client in clients))
+        seconds = time.perf_counter() - started
+        cpu_after = process.cpu_times()
+        for client in clients:
+            await client.quit()
+        return {
+            "connections": connections,
+            "per_second": len(mails) / seconds,
+            "cpu_ms_per_message": _cpu_ms(cpu, cpu_after) / len(mails),
+        }
+
+
+def _cpu_ms(before: Any, after: Any) -> float:
+    return float((after.user + after.system - before.user - before.system) * 1000)
+
+
+def composed_mails(events: list[Any], settings: Settings) -> list[tuple[str, bytes]]:
+    """The notification's mails for `events`, composed with the email package as a plain client would."""
+    from email.message import EmailMessage
+
+    from reactors.notification.reactor import message_id_for, render
+
+    mails = []
+    for event in events:
+        mail = render(ReceivedEvent(event, OrderShippedV1.model_validate(event.data)))
+        message = EmailMessage()
+        message["From"] = settings.smtp_sender
+        message["To"] = mail.recipient
+        message["Subject"] = mail.subject
+        message["Message-ID"] = message_id_for(event.id)
+        message.set_content(mail.body)
+        mails.append((mail.recipient, flatten_message(message)))
+    return mails
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="bench-reactors-"))
+    (workdir / "logs").mkdir()
+    results: dict[str, Any] = {"messages": args.messages}
+    async with empty_database("postgresql", workdir) as url:
+        await migrate(url)
+        stack = LocalStack(
+            StackOptions(workdir=workdir, database_url=url, namespace="rbench-" + uuid.uuid4().hex[:8])
+        )
+        bench = Run(args, stack)
+        sink = stack.python_component("smtp-sink", "bench.reactors", "sink")
+        try:
+            events = synthetic_shipped_events(args.messages)
+            bodies = [(event.id, encode_event(event)) for event in events]
+            ids = [event_id for event_id, _ in bodies]
+            await bench.queue_events(bodies)
+            await sink.start()
+            await stack.wait_for_port(stack.smtp_port, "smtp-sink")
+            sink_process = psutil.Process(sink.pid)
+            for name in REACTOR_NAMES:
+                sink_cpu = sink_process.cpu_times()
+                results[name] = await bench.reactor(name, ids)
+                if name == "notification":
+                    results[name]["sink_cpu_ms_per_mail"] = (
+                        _cpu_ms(sink_cpu, sink_process.cpu_times()) / args.messages
+                    )
+                print(f"{name}: {json.dumps(results[name])}", flush=True)
+            results["raw_aio_pika"] = await raw_consume(
+                stack.settings, f"{stack.topology.namespace}.rawbench", bodies
+            )
+            print(f"raw aio-pika: {json.dumps(results['raw_aio_pika'])}", flush=True)
+            mails = composed_mails(events, stack.settings)
+            pool = getattr(stack.settings, "notification_smtp_connections", 1)
+            results["raw_smtp"] = [await bench.raw_smtp(mails, n) for n in sorted({1, pool})]
+            for raw in results["raw_smtp"]:
+                print(f"raw aiosmtplib: {json.dumps(raw)}", flush=True)
+        finally:
+            await sink.stop()
+            await bench.database.dispose()
+    return results
+
+
+def summary(results: dict[str, Any]) -> str:
+    raw_pika = results["raw_aio_pika"]["per_second"]
+    raw_smtp = max(raw["per_second"] for raw in results["raw_smtp"])
+    lines = [f"reactor consume, {results['messages']} order.shipped.v1 each (one run):"]
+    for name in REACTOR_NAMES:
+        figures = results[name]
+        against, raw = ("raw aiosmtplib", raw_smtp) if name == "notification" else ("raw aio-pika", raw_pika)
+        lines.append(
+            f"  {name:<13} {figures['per_second']:7.0f}/s  = {figures['per_second'] / raw:.2f} of {against}"
+            f" ({raw:.0f}/s); CPU {figures['cpu_ms_per_message']:.2f} ms/msg;"
+            f" DB {figures['db_round_trips_per_message']:.2f} round trips,"
+            f" {figures['db_transactions_per_message']:.3f} transactions per message"
+            + (
+                f"; SMTP {figures['smtp_round_trips_per_mail']:.1f} round trips per mail"
+                if "smtp_round_trips_per_mail" in figures
+                else ""
+            )
+        )
+    for raw in results["raw_smtp"]:
+        lines.append(
+            f"  raw aiosmtplib, {raw['connections']} connection(s): {raw['per_second']:.0f}/s,"
+            f" CPU {raw['cpu_ms_per_message']:.2f} ms/mail"
+        )
+    lines.append(
+        f"  raw aio-pika: {raw_pika:.0f}/s, CPU {results['raw_aio_pika']['cpu_ms_per_message']:.2f} ms/msg;"
+        f" SMTP sink CPU {results['notification']['sink_cpu_ms_per_mail']:.2f} ms/mail"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser("python -m bench.reactors", description=__doc__)
+    parser.add_argument("mode", nargs="?", default="bench", choices=["bench", "sink", "serve"])
+    parser.add_argument("args", nargs="*", help="serve: REACTOR GATE_PATH")
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--json", type=Path, help="also write the figures there")
+    args = parser.parse_args(argv)
+    if args.mode == "sink":
+        serve_sink(load_settings())
+    elif args.mode == "serve":
+        serve_reactor(args.args[0], Path(args.args[1]))
+    else:
+        results = asyncio.run(run(args))
+        print(summary(results))
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
