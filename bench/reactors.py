@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import signal
 import tempfile
@@ -68,9 +69,9 @@ def serve_sink(settings: Settings) -> None:
         sink.stop()
 
 
-def serve_reactor(name: str, gate: Path) -> None:
+def serve_reactor(name: str, gate: Path, profile: bool = False) -> None:
     """One reactor, counted: imports done, `<gate>.ready` is written; it starts once `<gate>.go` exists, and
-    writes its counts to `<gate>.json` when SIGTERM stops it."""
+    writes its counts to `<gate>.json` when SIGTERM stops it (and a cProfile to `<gate>.prof`)."""
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
 
@@ -97,10 +98,16 @@ def serve_reactor(name: str, gate: Path) -> None:
     gate.with_suffix(".ready").touch()
     while not gate.with_suffix(".go").exists():
         time.sleep(0.01)
+    profiler = cProfile.Profile() if profile else None
     try:
-        reactors.main([name])
+        if profiler is not None:
+            profiler.runcall(reactors.main, [name])
+        else:
+            reactors.main([name])
     finally:
         gate.with_suffix(".json").write_text(json.dumps(counts))
+        if profiler is not None:
+            profiler.dump_stats(gate.with_suffix(".prof"))
 
 
 # --- the run
@@ -127,7 +134,14 @@ class Run:
 
     async def reactor(self, name: str, ids: list[str]) -> dict[str, Any]:
         gate = self.workdir / f"gate-{name}"
-        component = self.stack.python_component(f"reactor-{name}", "bench.reactors", "serve", name, str(gate))
+        component = self.stack.python_component(
+            f"reactor-{name}",
+            "bench.reactors",
+            "serve",
+            name,
+            str(gate),
+            *(["profile"] if self.args.profile else []),
+        )
         await component.start()
         while not gate.with_suffix(".ready").exists():  # noqa: ASYNC110 (a file another process writes)
             await asyncio.sleep(0.01)
@@ -230,6 +244,7 @@ def composed_mails(events: list[Any], settings: Settings) -> list[tuple[str, byt
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="bench-reactors-"))
+    print(f"work directory (logs, profiles): {workdir}", flush=True)
     (workdir / "logs").mkdir()
     results: dict[str, Any] = {"messages": args.messages}
     async with empty_database("postgresql", workdir) as url:
@@ -247,7 +262,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await sink.start()
             await stack.wait_for_port(stack.smtp_port, "smtp-sink")
             sink_process = psutil.Process(sink.pid)
-            for name in REACTOR_NAMES:
+            for name in args.only:
                 sink_cpu = sink_process.cpu_times()
                 results[name] = await bench.reactor(name, ids)
                 if name == "notification":
@@ -274,7 +289,7 @@ def summary(results: dict[str, Any]) -> str:
     raw_pika = results["raw_aio_pika"]["per_second"]
     raw_smtp = max(raw["per_second"] for raw in results["raw_smtp"])
     lines = [f"reactor consume, {results['messages']} order.shipped.v1 each (one run):"]
-    for name in REACTOR_NAMES:
+    for name in [name for name in REACTOR_NAMES if name in results]:
         figures = results[name]
         against, raw = ("raw aiosmtplib", raw_smtp) if name == "notification" else ("raw aio-pika", raw_pika)
         lines.append(
@@ -294,24 +309,27 @@ def summary(results: dict[str, Any]) -> str:
             f" CPU {raw['cpu_ms_per_message']:.2f} ms/mail"
         )
     lines.append(
-        f"  raw aio-pika: {raw_pika:.0f}/s, CPU {results['raw_aio_pika']['cpu_ms_per_message']:.2f} ms/msg;"
-        f" SMTP sink CPU {results['notification']['sink_cpu_ms_per_mail']:.2f} ms/mail"
+        f"  raw aio-pika: {raw_pika:.0f}/s, CPU {results['raw_aio_pika']['cpu_ms_per_message']:.2f} ms/msg"
     )
+    if "notification" in results:
+        lines.append(f"  SMTP sink CPU {results['notification']['sink_cpu_ms_per_mail']:.2f} ms/mail")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser("python -m bench.reactors", description=__doc__)
     parser.add_argument("mode", nargs="?", default="bench", choices=["bench", "sink", "serve"])
-    parser.add_argument("args", nargs="*", help="serve: REACTOR GATE_PATH")
+    parser.add_argument("args", nargs="*", help="serve: REACTOR GATE_PATH [profile]")
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--json", type=Path, help="also write the figures there")
+    parser.add_argument("--profile", action="store_true", help="cProfile each reactor (gate-<name>.prof)")
+    parser.add_argument("--only", nargs="*", default=list(REACTOR_NAMES), help="these reactors only")
     args = parser.parse_args(argv)
     if args.mode == "sink":
         serve_sink(load_settings())
     elif args.mode == "serve":
-        serve_reactor(args.args[0], Path(args.args[1]))
+        serve_reactor(args.args[0], Path(args.args[1]), profile=args.args[2:] == ["profile"])
     else:
         results = asyncio.run(run(args))
         print(summary(results))

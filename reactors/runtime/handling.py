@@ -57,6 +57,11 @@ class Parsed:
     deliveries: list[Delivery] = field(default_factory=list)
     unparsed: list[tuple[AbstractIncomingMessage, InvalidEvent]] = field(default_factory=list)
 
+    def extend(self, more: Parsed) -> None:
+        """Append the messages of `more`, taken after these (the batch keeps its time)."""
+        self.deliveries += more.deliveries
+        self.unparsed += more.unparsed
+
     def discard(self) -> None:
         """Not handled after all (the consumption stopped): end the spans; the messages stay unacked."""
         for delivery in self.deliveries:

@@ -3,7 +3,8 @@
 `ReactorRuntime.run(stop)` repeats: open a consumption (`transport`), hand each batch taken from its intake
 to the `handling.BatchHandler`, one batch at a time (also across reconnections, so two copies of an event
 are never handled at once by one runtime), until the consumption ends. The next batch is taken and parsed
-(CPU only: no ack, no SQL) while the last one commits, so that parsing overlaps the database's round trips:
+(CPU only: no ack, no SQL) while the last one commits, so that parsing overlaps the database's round trips;
+what arrives meanwhile joins it once the last one has finished (up to `reactor_batch_size`):
 
 - stop set: stop consuming, let the batch in flight finish within `reactor_shutdown_timeout_seconds`
   (messages delivered but not started stay unacked), close, return;
@@ -176,9 +177,10 @@ class ReactorRuntime:
         """Take and handle batches one at a time, in delivery order; the next batch is taken and parsed
         while the last one is handled (its commit, its mails), and handled once that one has finished."""
         intake = consumption.intake
+        limit = self._settings.reactor_batch_size
         last: asyncio.Task[None] | None = None
         while True:
-            messages = await intake.take(self._settings.reactor_batch_size)
+            messages = await intake.take(limit)
             if consumption.stopping:
                 return  # not acked: returned to the queue when the channel closes
             parsed = self._handler.parse(messages)
@@ -190,6 +192,9 @@ class ReactorRuntime:
                 except asyncio.CancelledError:
                     parsed.discard()
                     raise
+                # What arrived meanwhile joins the batch, so that batches stay as large as without overlap.
+                if more := intake.take_now(limit - len(messages)):
+                    parsed.extend(self._handler.parse(more))
             if consumption.stopping:
                 parsed.discard()
                 return
