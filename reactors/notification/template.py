@@ -13,9 +13,9 @@ the cost (the email package takes 0.45-0.8 ms a mail here, the template microsec
   non-ASCII body gets 8bit or base64 as the server allows, a recipient that needs SMTPUTF8 gets the
   SMTPUTF8 policy): exactly what was sent before the template existed.
 
-Header injection: a CR, LF or other line break in any header value is refused with ValueError (the email
-package refuses them the same way), before anything is sent; the caller takes it as a permanent failure of
-that mail.
+Header injection: a CR, LF or other line break in any header value is refused with ValueError before
+anything is sent; the caller takes it as a permanent failure of that mail. (The email package refuses them
+too, except a trailing one, which it writes out, ending the header block early.)
 """
 
 from __future__ import annotations
