@@ -11,6 +11,9 @@
   reactor for how, and what remains).
 - `prepare_batch(events, context)` (optional) prepares several events and returns the error of each event
   it could not prepare, by event id; by default `prepare` is called for each.
+- `prepare_skips_applied`: `prepare` recognises the events applied before by itself (the notification's
+  claim finds their mails `sent`), so the runtime does not look their inbox rows up before preparing (a
+  transaction less per batch).
 - `committed(event_ids, context)` (optional) is told, after the transaction of a batch committed, which
   events it settled (applied now, or found applied before): for bookkeeping in memory that `prepare` keeps
   until then (no I/O; it must not raise).
@@ -80,6 +83,7 @@ class Reactor:
     apply_batch: ApplyBatch | None = None
     prepare_batch: PrepareBatch | None = None
     committed: Committed | None = None
+    prepare_skips_applied: bool = False
 
     @property
     def subscription(self) -> Subscription:

@@ -17,6 +17,10 @@ the batch the runtime hands over (whatever has arrived, up to `reactor_batch_siz
 - `mark_mails_sent` (the runtime's apply step, inside the inbox transaction): the wave's mails become `sent`
   in the transaction of their inbox and ledger rows: one transaction per wave.
 
+The claim also stands in for the runtime's inbox lookup before preparing (`prepare_skips_applied`): a mail
+whose event was applied is recorded `sent` in the same transaction, and sent rows are kept longer than inbox
+rows (`retention_notifications_days` 90 against `retention_inbox_days` 30 by default).
+
 A failed send is classified (`smtp.classify`): a permanent failure (a 5xx reply, a recipient that needs
 SMTPUTF8 where the server does not offer it, a header with a line break) marks the row `failed` with its
 reason and is dead-lettered at once; a transient one (4xx, connection errors, timeouts) marks it `retrying`
@@ -237,4 +241,6 @@ REACTOR = Reactor(
     apply_batch=mark_mails_sent,
     prepare_batch=send_mails,
     committed=forget_recorded,
+    # A mail whose event was applied is recorded `sent` in the same transaction: the claim finds it.
+    prepare_skips_applied=True,
 )

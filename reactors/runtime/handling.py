@@ -179,8 +179,10 @@ class BatchHandler:
         )
 
     async def _prepare(self, leads: list[Delivery]) -> dict[str, Exception]:
-        """Prepare the events not known to be applied already; the error of each that failed, by id."""
-        applied = await self._ledger.applied([lead.event.id for lead in leads]) if leads else set()
+        """Prepare the events not known to be applied already (unless the reactor finds those itself); the
+        error of each that failed, by id."""
+        lookup = leads and not self._reactor.prepare_skips_applied
+        applied = await self._ledger.applied([lead.event.id for lead in leads]) if lookup else set()
         return await self._reactor.prepare_all(
             [lead.event for lead in leads if lead.event.id not in applied], self._context
         )
