@@ -8,8 +8,11 @@ Prints figures (and writes them as JSON with `--json PATH`); asserts nothing. Ne
 3. Each reactor runs alone in a process of its own, started once its imports are done, and is timed from
    its first to its last inbox row. In that process, SQLAlchemy event counters count statements and
    transactions (begin, commit, rollback) and a wrapper around aiosmtplib counts SMTP commands; a database
-   round trip here is a statement, a BEGIN, a COMMIT or a ROLLBACK (asyncpg sends each on its own).
-4. Raw clients on the same box: aio-pika consuming the same bodies from a quorum queue (manual acks, the
+   round trip here is a statement, a BEGIN, a COMMIT or a ROLLBACK (asyncpg sends each on its own); the
+   pool's checkouts are counted apart (each costs one more round trip while the engine pre-pings).
+4. Then each reactor again, fed `--trickle` messages one at a time (`--trickle-rate` a second) on its own
+   queue: what a message costs when it comes alone, as at the pipeline's rates.
+5. Raw clients on the same box: aio-pika consuming the same bodies from a quorum queue (manual acks, the
    reactors' prefetch), and aiosmtplib sending the notification's mails (composed beforehand with the email
    package) to the same sink, over one connection and over `notification_smtp_connections` of them.
 
@@ -29,6 +32,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,18 +42,19 @@ from aiosmtplib.email import flatten_message
 from sqlalchemy import func, select
 
 from bench.e2e import publish_all, raw_consume, synthetic_shipped_events
-from contracts.envelope import ReceivedEvent, encode_event
+from contracts.envelope import STRUCTURED_CONTENT_TYPE, ReceivedEvent, encode_event
 from contracts.orders import ORDER_SHIPPED_V1, OrderShippedV1
 from infra.db import open_database
 from infra.settings import Settings, load_settings
-from messaging.broker import close_quietly, connect
-from messaging.topology import declare_subscription
+from messaging.broker import ConfirmedPublisher, close_quietly, connect
+from messaging.topology import declare_subscription, delete_topology
 from ops.launcher import REACTOR_NAMES, LocalStack, StackOptions
 from ops.provisioning import empty_database, migrate
 from reactors.models import InboxMessage
 from reactors.registry import reactor_named
 
 POLL_SECONDS = 0.1
+Feed = Callable[[], Awaitable[None]]
 
 
 # --- the processes this script starts (`python -m bench.reactors sink|serve ...`)
@@ -74,6 +79,7 @@ def serve_reactor(name: str, gate: Path, profile: bool = False) -> None:
     writes its counts to `<gate>.json` when SIGTERM stops it (and a cProfile to `<gate>.prof`)."""
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
+    from sqlalchemy.pool import Pool
 
     from entrypoints import reactors
 
@@ -81,6 +87,8 @@ def serve_reactor(name: str, gate: Path, profile: bool = False) -> None:
     for name_ in ("begin", "commit", "rollback"):
         event.listen(Engine, name_, lambda *_, key=name_: counts.update([key]))
     event.listen(Engine, "before_cursor_execute", lambda *_: counts.update(["statements"]))
+    # A checkout of a pooled connection: one more round trip where the engine pings (`pool_pre_ping`).
+    event.listen(Pool, "checkout", lambda *_: counts.update(["checkouts"]))
     execute = aiosmtplib.SMTP.execute_command
 
     async def counted(self: aiosmtplib.SMTP, *args: Any, **kwargs: Any) -> Any:
@@ -132,10 +140,21 @@ class Run:
             await close_quietly(connection, 10)
         await publish_all(self.settings, self.stack.topology.exchange, ORDER_SHIPPED_V1.routing_key, bodies)
 
-    async def reactor(self, name: str, ids: list[str]) -> dict[str, Any]:
-        gate = self.workdir / f"gate-{name}"
+    async def delete_topology(self) -> None:
+        connection = await connect(self.settings, "bench-reactors-cleanup")
+        try:
+            channel = await connection.channel()
+            await delete_topology(channel, self.stack.topology, list(REACTOR_NAMES), 10)
+        finally:
+            await close_quietly(connection, 10)
+
+    async def reactor(self, name: str, ids: list[str], feed: Feed | None = None) -> dict[str, Any]:
+        """Run reactor `name` until it has applied `ids` (queued already, or published by `feed` once it
+        runs); its figures."""
+        phase = "trickle" if feed else "backlog"
+        gate = self.workdir / f"gate-{name}-{phase}"
         component = self.stack.python_component(
-            f"reactor-{name}",
+            f"reactor-{name}-{phase}",
             "bench.reactors",
             "serve",
             name,
@@ -148,6 +167,8 @@ class Run:
         process = psutil.Process(component.pid)
         cpu = process.cpu_times()
         gate.with_suffix(".go").touch()
+        if feed is not None:
+            await feed()
         first, last = await self._inbox_span(name, ids)
         cpu_after = process.cpu_times()
         await component.stop()
@@ -161,11 +182,34 @@ class Run:
             "db_transactions_per_message": transactions / count,
             "db_round_trips_per_message": round_trips / count,
             "db_statements_per_message": counts["statements"] / count,
+            "db_checkouts_per_message": counts["checkouts"] / count,
         }
         if counts["smtp_data"]:
             # Each command awaits its reply; DATA awaits two (the 354, then the reply to the message).
             result["smtp_round_trips_per_mail"] = (counts["smtp_commands"] + 2 * counts["smtp_data"]) / count
         return result
+
+    def trickle(self, name: str, bodies: list[tuple[str, bytes]]) -> Feed:
+        """A feed publishing `bodies` to reactor `name`'s queue alone, one confirmed publish at a time, at
+        `--trickle-rate` a second: the reactor meets each message alone, as at the pipeline's rates."""
+
+        async def feed() -> None:
+            publisher = ConfirmedPublisher(self.settings, "bench-reactors-trickle")
+            try:
+                for message_id, body in bodies:
+                    await publisher.publish(
+                        exchange="",
+                        routing_key=self.stack.topology.queue(name),
+                        body=body,
+                        message_id=message_id,
+                        message_type=ORDER_SHIPPED_V1.routing_key,
+                        content_type=STRUCTURED_CONTENT_TYPE,
+                    )
+                    await asyncio.sleep(1 / self.args.trickle_rate)
+            finally:
+                await publisher.close()
+
+        return feed
 
     async def _inbox_span(self, consumer: str, ids: list[str]) -> tuple[float, float]:
         deadline = time.monotonic() + self.args.timeout
@@ -246,7 +290,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="bench-reactors-"))
     print(f"work directory (logs, profiles): {workdir}", flush=True)
     (workdir / "logs").mkdir()
-    results: dict[str, Any] = {"messages": args.messages}
+    results: dict[str, Any] = {"messages": args.messages, "options": {"trickle_rate": args.trickle_rate}}
     async with empty_database("postgresql", workdir) as url:
         await migrate(url)
         stack = LocalStack(
@@ -270,6 +314,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         _cpu_ms(sink_cpu, sink_process.cpu_times()) / args.messages
                     )
                 print(f"{name}: {json.dumps(results[name])}", flush=True)
+            for name in args.only if args.trickle else ():
+                events = synthetic_shipped_events(args.trickle)
+                bodies = [(event.id, encode_event(event)) for event in events]
+                ids = [event_id for event_id, _ in bodies]
+                results[f"{name}_trickle"] = await bench.reactor(name, ids, bench.trickle(name, bodies))
+                print(f"{name} trickle: {json.dumps(results[f'{name}_trickle'])}", flush=True)
             results["raw_aio_pika"] = await raw_consume(
                 stack.settings, f"{stack.topology.namespace}.rawbench", bodies
             )
@@ -282,6 +332,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             await sink.stop()
             await bench.database.dispose()
+            await bench.delete_topology()
     return results
 
 
@@ -302,6 +353,15 @@ def summary(results: dict[str, Any]) -> str:
                 if "smtp_round_trips_per_mail" in figures
                 else ""
             )
+        )
+    for name in [name for name in REACTOR_NAMES if f"{name}_trickle" in results]:
+        figures = results[f"{name}_trickle"]
+        lines.append(
+            f"  {name:<13} one message at a time ({results['options']['trickle_rate']:.0f}/s):"
+            f" DB {figures['db_round_trips_per_message']:.2f} round trips,"
+            f" {figures['db_transactions_per_message']:.2f} transactions,"
+            f" {figures['db_checkouts_per_message']:.2f} pool checkouts per message;"
+            f" CPU {figures['cpu_ms_per_message']:.2f} ms/msg"
         )
     for raw in results["raw_smtp"]:
         lines.append(
@@ -324,6 +384,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--json", type=Path, help="also write the figures there")
     parser.add_argument("--profile", action="store_true", help="cProfile each reactor (gate-<name>.prof)")
+    parser.add_argument("--trickle", type=int, default=200, help="then this many, one at a time (0: none)")
+    parser.add_argument("--trickle-rate", type=float, default=50.0, help="messages a second in the trickle")
     parser.add_argument("--only", nargs="*", default=list(REACTOR_NAMES), help="these reactors only")
     args = parser.parse_args(argv)
     if args.mode == "sink":
