@@ -10,11 +10,13 @@ Prints figures (and writes them as JSON with `--json PATH`); asserts nothing. Ne
    transactions (begin, commit, rollback) and a wrapper around aiosmtplib counts SMTP commands; a database
    round trip here is a statement, a BEGIN, a COMMIT or a ROLLBACK (asyncpg sends each on its own); the
    pool's checkouts are counted apart (each costs one more round trip while the engine pre-pings).
-4. Then each reactor again, fed `--trickle` messages one at a time (`--trickle-rate` a second) on its own
-   queue: what a message costs when it comes alone, as at the pipeline's rates.
-5. Raw clients on the same box: aio-pika consuming the same bodies from a quorum queue (manual acks, the
-   reactors' prefetch), and aiosmtplib sending the notification's mails (composed beforehand with the email
-   package) to the same sink, over one connection and over `notification_smtp_connections` of them.
+4. Raw clients on the same box, just before and just after each reactor (the box's load drifts; the
+   reactor is compared with their mean): aio-pika consuming the same bodies from a quorum queue (manual
+   acks, the reactors' prefetch), and aiosmtplib sending the notification's mails (composed beforehand with
+   the email package) to the same sink over `notification_smtp_connections` connections (and, at the end,
+   over one).
+5. Then each reactor again, fed `--one-at-a-time` messages on its own queue, each published once the last
+   one is applied: what a message costs in round trips when it comes alone, as at the pipeline's rates.
 
 CPU per message is the process's user + system time over the timed window (psutil). The same script run
 on an export of an older commit measures the before (it only uses what both have).
@@ -151,7 +153,7 @@ class Run:
     async def reactor(self, name: str, ids: list[str], feed: Feed | None = None) -> dict[str, Any]:
         """Run reactor `name` until it has applied `ids` (queued already, or published by `feed` once it
         runs); its figures."""
-        phase = "trickle" if feed else "backlog"
+        phase = "alone" if feed else "backlog"
         gate = self.workdir / f"gate-{name}-{phase}"
         component = self.stack.python_component(
             f"reactor-{name}-{phase}",
@@ -189,12 +191,12 @@ class Run:
             result["smtp_round_trips_per_mail"] = (counts["smtp_commands"] + 2 * counts["smtp_data"]) / count
         return result
 
-    def trickle(self, name: str, bodies: list[tuple[str, bytes]]) -> Feed:
-        """A feed publishing `bodies` to reactor `name`'s queue alone, one confirmed publish at a time, at
-        `--trickle-rate` a second: the reactor meets each message alone, as at the pipeline's rates."""
+    def one_at_a_time(self, name: str, bodies: list[tuple[str, bytes]]) -> Feed:
+        """A feed publishing `bodies` to reactor `name`'s queue alone, each once the last one is applied: the
+        reactor meets each message alone, as at the pipeline's rates (batches of one)."""
 
         async def feed() -> None:
-            publisher = ConfirmedPublisher(self.settings, "bench-reactors-trickle")
+            publisher = ConfirmedPublisher(self.settings, "bench-reactors-one-at-a-time")
             try:
                 for message_id, body in bodies:
                     await publisher.publish(
@@ -205,13 +207,15 @@ class Run:
                         message_type=ORDER_SHIPPED_V1.routing_key,
                         content_type=STRUCTURED_CONTENT_TYPE,
                     )
-                    await asyncio.sleep(1 / self.args.trickle_rate)
+                    await self._inbox_span(name, [message_id], poll=0.002)
             finally:
                 await publisher.close()
 
         return feed
 
-    async def _inbox_span(self, consumer: str, ids: list[str]) -> tuple[float, float]:
+    async def _inbox_span(
+        self, consumer: str, ids: list[str], poll: float = POLL_SECONDS
+    ) -> tuple[float, float]:
         deadline = time.monotonic() + self.args.timeout
         while True:
             async with self.database.sessions() as session:
@@ -228,7 +232,7 @@ class Run:
                 return first.timestamp(), last.timestamp()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{consumer}: {applied}/{len(ids)} applied")
-            await asyncio.sleep(POLL_SECONDS)
+            await asyncio.sleep(poll)
 
     async def raw_smtp(self, mails: list[tuple[str, bytes]], connections: int) -> dict[str, Any]:
         """The same mails, composed beforehand, sent with aiosmtplib alone over `connections` connections."""
@@ -290,7 +294,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="bench-reactors-"))
     print(f"work directory (logs, profiles): {workdir}", flush=True)
     (workdir / "logs").mkdir()
-    results: dict[str, Any] = {"messages": args.messages, "options": {"trickle_rate": args.trickle_rate}}
+    results: dict[str, Any] = {"messages": args.messages}
     async with empty_database("postgresql", workdir) as url:
         await migrate(url)
         stack = LocalStack(
@@ -302,33 +306,36 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             events = synthetic_shipped_events(args.messages)
             bodies = [(event.id, encode_event(event)) for event in events]
             ids = [event_id for event_id, _ in bodies]
+            mails = composed_mails(events, stack.settings)
+            pool = getattr(stack.settings, "notification_smtp_connections", 1)
             await bench.queue_events(bodies)
             await sink.start()
             await stack.wait_for_port(stack.smtp_port, "smtp-sink")
             sink_process = psutil.Process(sink.pid)
+            raw_queue = f"{stack.topology.namespace}.rawbench"
             for name in args.only:
-                sink_cpu = sink_process.cpu_times()
-                results[name] = await bench.reactor(name, ids)
+                # The raw client just before and just after the reactor: the box's load drifts.
                 if name == "notification":
-                    results[name]["sink_cpu_ms_per_mail"] = (
-                        _cpu_ms(sink_cpu, sink_process.cpu_times()) / args.messages
-                    )
-                print(f"{name}: {json.dumps(results[name])}", flush=True)
-            for name in args.only if args.trickle else ():
-                events = synthetic_shipped_events(args.trickle)
+                    raws = [await bench.raw_smtp(mails, pool)]
+                else:
+                    raws = [await raw_consume(stack.settings, raw_queue, bodies)]
+                sink_cpu = sink_process.cpu_times()
+                figures = results[name] = await bench.reactor(name, ids)
+                if name == "notification":
+                    figures["sink_cpu_ms_per_mail"] = _cpu_ms(sink_cpu, sink_process.cpu_times()) / len(ids)
+                    raws.append(await bench.raw_smtp(mails, pool))
+                else:
+                    raws.append(await raw_consume(stack.settings, raw_queue, bodies))
+                figures["raw"] = raws
+                figures["raw_per_second"] = sum(raw["per_second"] for raw in raws) / len(raws)
+                print(f"{name}: {json.dumps(figures)}", flush=True)
+            for name in args.only if args.one_at_a_time else ():
+                events = synthetic_shipped_events(args.one_at_a_time)
                 bodies = [(event.id, encode_event(event)) for event in events]
                 ids = [event_id for event_id, _ in bodies]
-                results[f"{name}_trickle"] = await bench.reactor(name, ids, bench.trickle(name, bodies))
-                print(f"{name} trickle: {json.dumps(results[f'{name}_trickle'])}", flush=True)
-            results["raw_aio_pika"] = await raw_consume(
-                stack.settings, f"{stack.topology.namespace}.rawbench", bodies
-            )
-            print(f"raw aio-pika: {json.dumps(results['raw_aio_pika'])}", flush=True)
-            mails = composed_mails(events, stack.settings)
-            pool = getattr(stack.settings, "notification_smtp_connections", 1)
-            results["raw_smtp"] = [await bench.raw_smtp(mails, n) for n in sorted({1, pool})]
-            for raw in results["raw_smtp"]:
-                print(f"raw aiosmtplib: {json.dumps(raw)}", flush=True)
+                results[f"{name}_alone"] = await bench.reactor(name, ids, bench.one_at_a_time(name, bodies))
+                print(f"{name} one at a time: {json.dumps(results[f'{name}_alone'])}", flush=True)
+            results["raw_smtp_one_connection"] = await bench.raw_smtp(mails, 1)
         finally:
             await sink.stop()
             await bench.database.dispose()
@@ -337,42 +344,33 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def summary(results: dict[str, Any]) -> str:
-    raw_pika = results["raw_aio_pika"]["per_second"]
-    raw_smtp = max(raw["per_second"] for raw in results["raw_smtp"])
     lines = [f"reactor consume, {results['messages']} order.shipped.v1 each (one run):"]
     for name in [name for name in REACTOR_NAMES if name in results]:
         figures = results[name]
-        against, raw = ("raw aiosmtplib", raw_smtp) if name == "notification" else ("raw aio-pika", raw_pika)
+        against = "raw aiosmtplib" if name == "notification" else "raw aio-pika"
+        raw = figures["raw_per_second"]
         lines.append(
-            f"  {name:<13} {figures['per_second']:7.0f}/s  = {figures['per_second'] / raw:.2f} of {against}"
-            f" ({raw:.0f}/s); CPU {figures['cpu_ms_per_message']:.2f} ms/msg;"
+            f"  {name:<13} {figures['per_second']:5.0f}/s = {figures['per_second'] / raw:.2f} of {against}"
+            f" ({raw:.0f}/s, mean of just before and after); CPU {figures['cpu_ms_per_message']:.2f} ms/msg"
+            f" (raw {sum(r['cpu_ms_per_message'] for r in figures['raw']) / len(figures['raw']):.2f});"
             f" DB {figures['db_round_trips_per_message']:.2f} round trips,"
             f" {figures['db_transactions_per_message']:.3f} transactions per message"
             + (
-                f"; SMTP {figures['smtp_round_trips_per_mail']:.1f} round trips per mail"
-                if "smtp_round_trips_per_mail" in figures
+                f"; SMTP {figures['smtp_round_trips_per_mail']:.1f} round trips per mail,"
+                f" sink CPU {figures['sink_cpu_ms_per_mail']:.2f} ms/mail"
+                if name == "notification"
                 else ""
             )
         )
-    for name in [name for name in REACTOR_NAMES if f"{name}_trickle" in results]:
-        figures = results[f"{name}_trickle"]
+    for name in [name for name in REACTOR_NAMES if f"{name}_alone" in results]:
+        figures = results[f"{name}_alone"]
         lines.append(
-            f"  {name:<13} one message at a time ({results['options']['trickle_rate']:.0f}/s):"
-            f" DB {figures['db_round_trips_per_message']:.2f} round trips,"
-            f" {figures['db_transactions_per_message']:.2f} transactions,"
-            f" {figures['db_checkouts_per_message']:.2f} pool checkouts per message;"
-            f" CPU {figures['cpu_ms_per_message']:.2f} ms/msg"
+            f"  {name:<13} one message at a time: DB {figures['db_round_trips_per_message']:.2f} round trips"
+            f" (+ {figures['db_checkouts_per_message']:.2f} pool pre-pings),"
+            f" {figures['db_transactions_per_message']:.2f} transactions per message"
         )
-    for raw in results["raw_smtp"]:
-        lines.append(
-            f"  raw aiosmtplib, {raw['connections']} connection(s): {raw['per_second']:.0f}/s,"
-            f" CPU {raw['cpu_ms_per_message']:.2f} ms/mail"
-        )
-    lines.append(
-        f"  raw aio-pika: {raw_pika:.0f}/s, CPU {results['raw_aio_pika']['cpu_ms_per_message']:.2f} ms/msg"
-    )
-    if "notification" in results:
-        lines.append(f"  SMTP sink CPU {results['notification']['sink_cpu_ms_per_mail']:.2f} ms/mail")
+    raw = results["raw_smtp_one_connection"]
+    lines.append(f"  raw aiosmtplib over one connection: {raw['per_second']:.0f}/s")
     return "\n".join(lines)
 
 
@@ -381,11 +379,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("mode", nargs="?", default="bench", choices=["bench", "sink", "serve"])
     parser.add_argument("args", nargs="*", help="serve: REACTOR GATE_PATH [profile]")
     parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--one-at-a-time", type=int, default=100, help="then this many, each alone (0: none)")
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--json", type=Path, help="also write the figures there")
     parser.add_argument("--profile", action="store_true", help="cProfile each reactor (gate-<name>.prof)")
-    parser.add_argument("--trickle", type=int, default=200, help="then this many, one at a time (0: none)")
-    parser.add_argument("--trickle-rate", type=float, default=50.0, help="messages a second in the trickle")
     parser.add_argument("--only", nargs="*", default=list(REACTOR_NAMES), help="these reactors only")
     args = parser.parse_args(argv)
     if args.mode == "sink":
