@@ -297,8 +297,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"messages": args.messages}
     async with empty_database("postgresql", workdir) as url:
         await migrate(url)
+        extra_env = dict(item.split("=", 1) for item in args.env)
         stack = LocalStack(
-            StackOptions(workdir=workdir, database_url=url, namespace="rbench-" + uuid.uuid4().hex[:8])
+            StackOptions(
+                workdir=workdir,
+                database_url=url,
+                namespace="rbench-" + uuid.uuid4().hex[:8],
+                extra_env=extra_env,
+            )
         )
         bench = Run(args, stack)
         sink = stack.python_component("smtp-sink", "bench.reactors", "sink")
@@ -383,6 +389,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--json", type=Path, help="also write the figures there")
     parser.add_argument("--profile", action="store_true", help="cProfile each reactor (gate-<name>.prof)")
+    parser.add_argument("--env", nargs="*", default=[], metavar="NAME=VALUE", help="settings of the reactors")
     parser.add_argument("--only", nargs="*", default=list(REACTOR_NAMES), help="these reactors only")
     args = parser.parse_args(argv)
     if args.mode == "sink":
