@@ -28,14 +28,13 @@ from reactors.sql import dialect_insert, table_of
 @dataclass
 class Claims:
     """A wave's claims: `at` (the claim time of the mails not sent yet; renewed), the lease, the mails to
-    send (event id -> send attempts of the row, this one included), the claim time of each, those already
-    sent by this process (recorded with the wave, not sent again), and the events that cannot be claimed."""
+    send (event id -> send attempts of the row, this one included), the claim time of each, and the events
+    that cannot be claimed. An event in neither needs no mail (sent before, recorded or not)."""
 
     at: datetime
     lease: timedelta
     to_send: dict[str, int] = field(default_factory=dict)
     claimed_at: dict[str, datetime] = field(default_factory=dict)
-    sent_before: set[str] = field(default_factory=set)
     failed: dict[str, Exception] = field(default_factory=dict)
 
 
@@ -100,8 +99,8 @@ async def _claim_existing(
         if row.status == SENT:
             continue
         if row.status == SENDING and unrecorded.get(row.event_id) == row.claimed_at:
-            claims.sent_before.add(row.event_id)  # sent by this process under this very claim
-        elif row.status == SENDING and claims.at - row.claimed_at < claims.lease:
+            continue  # sent by this process under this very claim: recorded with the wave, not sent again
+        if row.status == SENDING and claims.at - row.claimed_at < claims.lease:
             # A fresh claim: another notifier is sending this very mail now.
             claims.failed[row.event_id] = TransientError(
                 f"mail for {row.event_id} is being sent by another notifier"
