@@ -114,6 +114,8 @@ class Settings(BaseSettings):
     smtp_sender: str = "Order Saga <orders@example.com>"
     # A mail claimed by one notifier is left alone by others this long (it is being sent).
     notification_send_lease_seconds: Annotated[float, Field(gt=0)] = 60.0
+    # SMTP connections the notification reactor keeps open (mails of a wave in flight at once).
+    notification_smtp_connections: Annotated[int, Field(ge=1, le=64)] = 4
     # Where the local SMTP sink (`python -m entrypoints.smtp_sink`) stores what it receives.
     smtp_sink_maildir: str = "var/mail"
 

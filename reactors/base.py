@@ -11,6 +11,12 @@
   reactor for how, and what remains).
 - `prepare_batch(events, context)` (optional) prepares several events and returns the error of each event
   it could not prepare, by event id; by default `prepare` is called for each.
+- `prepare_skips_applied`: `prepare` recognises the events applied before by itself (the notification's
+  claim finds their mails `sent`), so the runtime does not look their inbox rows up before preparing (a
+  transaction less per batch).
+- `committed(event_ids, context)` (optional) is told, after the transaction of a batch committed, which
+  events it settled (applied now, or found applied before): for bookkeeping in memory that `prepare` keeps
+  until then (no I/O; it must not raise).
 
 - `reset(events, session)` (optional) undoes the effects `apply` made for these events (all applied
   before), in the transaction that then applies them again: an operator's re-apply (`reactors.replay`)
@@ -68,6 +74,7 @@ ApplyBatch = Callable[[Sequence[ReceivedEvent], AsyncSession], Awaitable[None]]
 Prepare = Callable[[ReceivedEvent, ReactorContext], Awaitable[None]]
 PrepareBatch = Callable[[Sequence[ReceivedEvent], ReactorContext], Awaitable[dict[str, Exception]]]
 Reset = Callable[[Sequence[ReceivedEvent], AsyncSession], Awaitable[None]]
+Committed = Callable[[Sequence[str], ReactorContext], None]
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,8 @@ class Reactor:
     publishes: tuple[str, ...] = ()
     apply_batch: ApplyBatch | None = None
     prepare_batch: PrepareBatch | None = None
+    committed: Committed | None = None
+    prepare_skips_applied: bool = False
     reset: Reset | None = None
     # Why re-applies are refused when there is no `reset` (shown to the operator).
     cannot_reset: str = "it declares no way to reset its effects"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from observability.tracing import trace_id_of
@@ -119,24 +119,50 @@ _DELIVERY_SUMMARIES = {
 }
 
 
+# Outcomes whose ledger row also stands for the delivery's receipt (`created_at - duration_ms`).
+_SETTLED = frozenset({"processed", "duplicate_ignored", "retry_scheduled", "dead_lettered"})
+
+
 def delivery_entries(rows: Iterable[DeliveryView]) -> list[TimelineEntry]:
-    return [
-        TimelineEntry(
-            at=row.created_at,
-            source=Source.REACTOR,
-            actor=row.consumer,
-            kind=f"delivery.{row.outcome}",
-            summary=f"{row.consumer}: {row.event_type or 'message'} "
-            f"{_DELIVERY_SUMMARIES.get(row.outcome, row.outcome)}",
-            attempt=row.attempt,
-            duration_ms=row.duration_ms,
-            detail=clip(row.detail),
-            event_id=row.message_id,
-            trace_id=row.trace_id,
-            seq=row.id,
-        )
-        for row in rows
-    ]
+    """One entry per ledger row, plus a `delivery.received` entry per settled delivery: the runtime writes
+    one row per delivery (its outcome, with the duration since receipt); rows written before that came in
+    pairs, whose `received` row is used as it is."""
+    rows = list(rows)
+    recorded = {(row.consumer, row.message_id, row.attempt) for row in rows if row.outcome == "received"}
+    entries = []
+    for row in rows:
+        if (
+            row.outcome in _SETTLED
+            and row.duration_ms is not None
+            and (row.consumer, row.message_id, row.attempt) not in recorded
+        ):
+            entries.append(
+                _delivery_entry(row, "received", row.created_at - timedelta(milliseconds=row.duration_ms))
+            )
+        entries.append(_delivery_entry(row, row.outcome, row.created_at, row.duration_ms, row.detail))
+    return entries
+
+
+def _delivery_entry(
+    row: DeliveryView,
+    outcome: str,
+    at: datetime,
+    duration_ms: float | None = None,
+    detail: str | None = None,
+) -> TimelineEntry:
+    return TimelineEntry(
+        at=at,
+        source=Source.REACTOR,
+        actor=row.consumer,
+        kind=f"delivery.{outcome}",
+        summary=f"{row.consumer}: {row.event_type or 'message'} {_DELIVERY_SUMMARIES.get(outcome, outcome)}",
+        attempt=row.attempt,
+        duration_ms=duration_ms,
+        detail=clip(detail),
+        event_id=row.message_id,
+        trace_id=row.trace_id,
+        seq=row.id,
+    )
 
 
 def build_timeline(

@@ -1,45 +1,51 @@
-"""The notification reactor: renders one mail per event and sends it over SMTP (aiosmtplib).
+"""The notification reactor: renders one mail per event and sends it over SMTP (aiosmtplib), a wave at a time.
 
-A mail cannot join a database transaction, so the send is made idempotent by event id around it. The
-reactor's two handlers say what they do:
+A mail cannot join a database transaction, so the send is made idempotent by event id around it. A wave is
+the batch the runtime hands over (whatever has arrived, up to `reactor_batch_size`):
 
 - `send_mails` (the runtime's preparation step, before the inbox transaction):
-  1. claims the batch's events in `notifications` in one short transaction: a row already `sent` means the
-     mail went out before (nothing to do); a row `sending` that was claimed less than
-     `notification_send_lease_seconds` ago belongs to another notifier (retry later); otherwise (new,
-     `retrying`, an expired `sending`, or `failed` again after a redrive) this notifier claims it (status
-     `sending`, claimed now).
-  2. sends each mail over one SMTP connection kept open (`smtp.Mailer`). The RFC 5322 Message-ID is derived
-     from the event id (`<event-id@order-saga>`). A mail whose claim has expired by then is not sent.
-  3. right after each send, marks that row `sent` in a short transaction of its own (not one for the
-     batch, which would keep the first mails unmarked while the others are being sent).
-- `check_mails_sent` (the runtime's apply step, inside the inbox transaction): every mail of the batch must
-  be recorded `sent` by now; the runtime then inserts the inbox rows and acks.
+  1. renders each mail (`template`: bytes from a template compiled once, headers checked for injection)
+     and claims the wave's rows in `notifications` in one transaction (`claims.claim`: a new row is
+     inserted `sending`; one `sent` needs nothing; one `sending` under another notifier's fresh claim is
+     retried later; the others are claimed again);
+  2. sends the claimed mails over a small pool of SMTP connections kept open (`smtp.MailerPool`,
+     `notification_smtp_connections` at once), renewing the claims of the mails not sent yet when half the
+     lease (`notification_send_lease_seconds`) has passed. The RFC 5322 Message-ID is derived from the event
+     id (`<event-id@order-saga>`). A mail whose claim has lapsed is not sent;
+  3. records the failed sends in one transaction (`retrying` or `failed`, with the reason). The sent mails
+     stay `sending` and are remembered by this process as sent, with their claim.
+- `mark_mails_sent` (the runtime's apply step, inside the inbox transaction): the wave's mails become `sent`
+  in the transaction of their inbox and ledger rows: one transaction per wave.
+
+The claim also stands in for the runtime's inbox lookup before preparing (`prepare_skips_applied`): a mail
+whose event was applied is recorded `sent` in the same transaction, and sent rows are kept longer than inbox
+rows (`retention_notifications_days` 90 against `retention_inbox_days` 30 by default).
 
 A failed send is classified (`smtp.classify`): a permanent failure (a 5xx reply, a recipient that needs
-SMTPUTF8 where the server does not offer it) marks the row `failed` with its reason and is dead-lettered at
-once; a transient one (4xx, connection errors, timeouts) marks it `retrying` and is retried with backoff. The
-reactor gives up on its own at a delivery's last attempt (`reactor_max_attempts`, counted per delivery, so a
-duplicate copy's sends do not use it up; row `failed`, dead-lettered with the reason), so that no row is left
-`sending` or `retrying` once the runtime stops retrying. A redrive from the DLQ claims a `failed` row again.
+SMTPUTF8 where the server does not offer it, a header with a line break) marks the row `failed` with its
+reason and is dead-lettered at once; a transient one (4xx, connection errors, timeouts) marks it `retrying`
+and is retried with backoff. The reactor gives up on its own at a delivery's last attempt
+(`reactor_max_attempts`, counted per delivery, so a duplicate copy's sends do not use it up; row `failed`,
+dead-lettered with the reason), so that no row is left `sending` or `retrying` once the runtime stops
+retrying. A redrive from the DLQ claims a `failed` row again.
 
-A redelivered event (duplicate publish, redelivery after a crash anywhere after step 3) finds `sent` and
-sends nothing. The crash window that remains, stated honestly: if the process dies after the SMTP server
-accepted the mail (step 2) but before step 3 commits (milliseconds), the event is redelivered, the claim
-has expired after the lease, and the mail is sent a second time. That copy carries the same Message-ID, so
-mail clients and many servers collapse the pair into one; no mail is ever lost to avoid it (at least once,
+If the wave's transaction fails (the database went away), the runtime handles its messages again one by
+one: each finds its row `sending` under the claim this process remembers, is not sent again, and is marked
+`sent` in its own transaction (or retried later, still remembered). The window that remains, stated
+honestly: if the process dies after the SMTP server accepted a wave's mails (step 2) but before the wave's
+transaction commits, its events are redelivered, the claims expire after the lease, and those mails are sent
+a second time: at most one wave (`reactor_batch_size` mails), each copy with the same Message-ID, so mail
+clients and many servers collapse the pair into one. No mail is ever lost to avoid it (at least once,
 deduplicated everywhere but in that window).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import NamedTuple
 
-from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.envelope import ReceivedEvent
 from contracts.orders import ORDER_CANCELLED_V1, ORDER_SHIPPED_V1, OrderCancelledV1, OrderShippedV1
@@ -47,9 +53,8 @@ from domain import money
 from infra.models import utcnow
 from infra.settings import Settings
 from reactors.base import PermanentError, Reactor, ReactorContext, TransientError, unsupported
-from reactors.notification.models import FAILED, RETRYING, SENDING, SENT, Notification
-from reactors.notification.smtp import SEND_FAILURES, Mailer, classify, compose, mailable_address
-from reactors.sql import dialect_insert
+from reactors.notification.claims import Claims, claim, mark_sent, record_failures, renew
+from reactors.notification.smtp import SEND_FAILURES, Mail, MailerPool, classify, mailable_address
 
 NAME = "notification"
 MESSAGE_ID_DOMAIN = "order-saga"
@@ -65,12 +70,6 @@ def message_id_for(event_id: str) -> str:
     return f"<{event_id}@{MESSAGE_ID_DOMAIN}>"
 
 
-class Mail(NamedTuple):
-    recipient: str  # as mailed: an ASCII (IDNA) domain whenever the local part is ASCII
-    subject: str
-    body: str
-
-
 def render(event: ReceivedEvent) -> Mail:
     """The mail for an event. Raises PermanentError for an event it does not handle, an address that cannot
     be mailed, or a currency the money module cannot format."""
@@ -84,6 +83,7 @@ def render(event: ReceivedEvent) -> Mail:
                 f"Carrier: {shipped.shipment.carrier}\n"
                 f"Tracking number: {shipped.shipment.tracking_number}\n"
                 f"Total: {_money(shipped.total_amount, shipped.currency)}\n",
+                message_id_for(event.id),
             )
         case OrderCancelledV1() as cancelled:
             undone = [COMPENSATION_TEXT.get(name, name) for name in cancelled.compensations]
@@ -96,6 +96,7 @@ def render(event: ReceivedEvent) -> Mail:
                 f"We are sorry: your order {cancelled.order_id} was cancelled.\n\n"
                 f"Reason: {cancelled.reason.replace('_', ' ').lower()} ({cancelled.detail})\n\n"
                 f"What we did:\n{what_we_did}",
+                message_id_for(event.id),
             )
         case _:
             raise unsupported(NAME, event)
@@ -108,19 +109,41 @@ def _money(minor_units: int, currency: str) -> str:
         raise PermanentError(f"{NAME}: cannot write the amount: {err}") from err
 
 
-def mailer_of(context: ReactorContext) -> Mailer:
-    mailer = context.resources.get(NAME)
-    if not isinstance(mailer, Mailer):
-        mailer = context.resources[NAME] = Mailer(context.settings)
-    return mailer
+class Notifier:
+    """What outlives one wave (a `ReactorContext` resource): the SMTP pool, and the mails sent whose `sent`
+    is not committed yet (event id -> the claim they were sent under), forgotten once it is."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.pool = MailerPool(settings)
+        self.unrecorded: dict[str, datetime] = {}
+
+    def forget(self, event_ids: Sequence[str], older_than: datetime) -> None:
+        """Forget the mails of `event_ids` (recorded `sent` now), and any sent before `older_than` (left
+        unrecorded when their events went away: after the lease their rows may be claimed again anyway)."""
+        for event_id in event_ids:
+            self.unrecorded.pop(event_id, None)
+        for event_id, claimed_at in list(self.unrecorded.items()):
+            if claimed_at < older_than:
+                del self.unrecorded[event_id]
+
+    async def aclose(self) -> None:
+        await self.pool.aclose()
+
+
+def notifier_of(context: ReactorContext) -> Notifier:
+    notifier = context.resources.get(NAME)
+    if not isinstance(notifier, Notifier):
+        notifier = context.resources[NAME] = Notifier(context.settings)
+    return notifier
 
 
 async def send_mails(events: Sequence[ReceivedEvent], context: ReactorContext) -> dict[str, Exception]:
     """`send_mails(events, context) -> {event_id: error}`: send each event's mail unless it was sent already
-    (see the module docstring): the claims of the whole batch in one transaction, then each mail, each
-    marked `sent` (or `retrying`, `failed`) in its own transaction right after its send, so that the window
-    for a second mail stays that of one mail. Returns the error of each event whose mail is not sent:
-    PermanentError (dead-letter now) or TransientError (retry later)."""
+    (steps 1 to 3 of the module docstring). Returns the error of each event whose mail is not sent:
+    PermanentError (dead-letter now) or TransientError (retry later); the others are sent (now or before)
+    and left for `mark_mails_sent`."""
+    notifier = notifier_of(context)
+    settings = context.settings
     failed: dict[str, Exception] = {}
     mails: dict[str, Mail] = {}
     for event in events:
@@ -128,190 +151,98 @@ async def send_mails(events: Sequence[ReceivedEvent], context: ReactorContext) -
             mails[event.id] = render(event)
         except PermanentError as err:
             failed[event.id] = err
+    lease = timedelta(seconds=settings.notification_send_lease_seconds)
     try:
-        claimed = await _claim(
-            [event for event in events if event.id in mails], mails, context.settings, context.sessions
-        )
+        to_claim = [event for event in events if event.id in mails]
+        claimed = await claim(context.sessions, to_claim, mails, lease, notifier.unrecorded)
     except Exception as err:  # e.g. a competing notifier won a race on a new row: all of them later
         return {**failed, **{event_id: TransientError(f"claim failed: {err}") for event_id in mails}}
     failed.update(claimed.failed)
-    mailer = mailer_of(context)
-    pending = list(claimed.to_send)
-    owned = set(pending)
-    delivery_attempt = {event.id: event.attempt for event in events}
-    for index, (event_id, attempts) in enumerate(claimed.to_send.items()):
-        if utcnow() - claimed.at >= claimed.lease / 2:
-            # A slow relay or a busy host: keep the rest of the batch ours rather than let the claims lapse.
-            owned &= await _renew(context.sessions, pending[index:], claimed)
-        if event_id not in owned:
-            failed[event_id] = TransientError(f"claim of the mail for {event_id} lapsed before sending")
-            continue
-        mail = mails[event_id]
-        try:
-            await mailer.send(compose(context.settings, *mail, message_id_for(event_id)))
-        except SEND_FAILURES as err:
-            error = classify(err, mail.recipient)
-            last = delivery_attempt[event_id] >= context.settings.reactor_max_attempts
-            if isinstance(error, TransientError) and last:
-                # The runtime dead-letters this delivery after its last attempt: give up here, so that the
-                # row says `failed` with the reason rather than `retrying` for good. Counted per delivery,
-                # not per row: a duplicate copy's failed sends must not use up this one's attempts.
-                error = PermanentError(f"gave up after {attempts} send attempt(s): {error}")
-            failed[event_id] = error
-            await _record_failure(context.sessions, event_id, claimed.at, error)
-            continue
-        async with context.sessions() as session, session.begin():
-            await session.execute(
-                update(Notification)
-                .where(Notification.event_id == event_id)
-                .values(status=SENT, sent_at=utcnow(), last_error=None)
-            )
-    return failed
+    wave = _Wave(context, notifier, claimed, {event.id: event.attempt for event in events})
+    await asyncio.gather(*(wave.send(event_id, mails[event_id]) for event_id in claimed.to_send))
+    await record_failures(context.sessions, wave.failed, claimed)
+    return {**failed, **wave.failed}
 
 
-@dataclass
-class _Claims:
-    at: datetime
-    lease: timedelta
-    to_send: dict[str, int] = field(default_factory=dict)  # event id -> send attempts, this one included
-    failed: dict[str, Exception] = field(default_factory=dict)
+class _Wave:
+    """The sends of one wave, concurrent over the pool; `failed`: the error of each mail not sent."""
 
+    def __init__(
+        self, context: ReactorContext, notifier: Notifier, claims: Claims, delivery_attempt: dict[str, int]
+    ) -> None:
+        self._context = context
+        self._notifier = notifier
+        self._claims = claims
+        self._delivery_attempt = delivery_attempt
+        self._waiting = set(claims.to_send)  # not started yet: their claims are renewed together
+        self._owned = set(claims.to_send)
+        self._renewing = asyncio.Lock()
+        self.failed: dict[str, Exception] = {}
 
-async def _claim(
-    events: Sequence[ReceivedEvent],
-    mails: dict[str, Mail],
-    settings: Settings,
-    sessions: async_sessionmaker[AsyncSession],
-) -> _Claims:
-    """Claim the events' mails in one transaction: a new row is claimed by inserting it; an existing one
-    `sent` needs nothing; one `sending` claimed less than the lease ago belongs to another notifier (retry
-    later); any other (`retrying`, an expired `sending`, a `failed` one redriven) is claimed again."""
-    claims = _Claims(at=utcnow(), lease=timedelta(seconds=settings.notification_send_lease_seconds))
-    if not events:
-        return claims
-    async with sessions() as session, session.begin():
-        created = set(
-            await session.scalars(
-                dialect_insert(session)(Notification)
-                .values(
-                    [
-                        {
-                            "event_id": event.id,
-                            "event_type": event.type,
-                            "order_id": event.subject,
-                            "recipient": mails[event.id].recipient,
-                            "subject": mails[event.id].subject,
-                            "body": mails[event.id].body,
-                            "message_id": message_id_for(event.id),
-                            "status": SENDING,
-                            "send_attempts": 1,
-                            "claimed_at": claims.at,
-                            "created_at": claims.at,
-                        }
-                        for event in events
-                    ]
+    async def send(self, event_id: str, mail: Mail) -> None:
+        settings = self._context.settings
+        async with self._notifier.pool.connection() as connection:
+            await self._renew_if_due()
+            self._waiting.discard(event_id)
+            if event_id not in self._owned:
+                self.failed[event_id] = TransientError(
+                    f"claim of the mail for {event_id} lapsed before sending"
                 )
-                .on_conflict_do_nothing(index_elements=[Notification.event_id])
-                .returning(Notification.event_id)
-            )
-        )
-        existing = {
-            row.event_id: row
-            for row in await session.scalars(
-                select(Notification)
-                .where(Notification.event_id.in_([event.id for event in events if event.id not in created]))
-                .order_by(Notification.event_id)  # one lock order for every notifier
-                .with_for_update()
-            )
-        }
-        for event in events:
-            row = existing.get(event.id)
-            if event.id in created:
-                claims.to_send[event.id] = 1
-            elif row is None or row.status == SENT:
-                continue
-            elif row.status == SENDING and claims.at - row.claimed_at < claims.lease:
-                # A fresh claim: another notifier is sending this very mail now.
-                claims.failed[event.id] = TransientError(
-                    f"mail for {event.id} is being sent by another notifier"
-                )
-            else:
-                # A redriven `failed` mail starts a fresh count, so that it gets the runtime's attempts again.
-                row.send_attempts = 1 if row.status == FAILED else row.send_attempts + 1
-                row.status = SENDING
-                row.claimed_at = claims.at
-                row.recipient = mails[event.id].recipient
-                claims.to_send[event.id] = row.send_attempts
-    return claims
+                return
+            try:
+                await connection.send(mail)
+            except SEND_FAILURES as err:
+                error = classify(err, mail.recipient)
+                if isinstance(error, TransientError) and (
+                    self._delivery_attempt[event_id] >= settings.reactor_max_attempts
+                ):
+                    # The runtime dead-letters this delivery after its last attempt: give up here, so that
+                    # the row says `failed` with the reason rather than `retrying` for good. Counted per
+                    # delivery, not per row: a duplicate copy's failed sends must not use up this one's.
+                    attempts = self._claims.to_send[event_id]
+                    error = PermanentError(f"gave up after {attempts} send attempt(s): {error}")
+                self.failed[event_id] = error
+                return
+        self._notifier.unrecorded[event_id] = self._claims.claimed_at[event_id]
+
+    async def _renew_if_due(self) -> None:
+        """A slow relay or a busy host: keep the mails not sent yet ours rather than let the claims lapse."""
+        async with self._renewing:
+            if utcnow() - self._claims.at >= self._claims.lease / 2 and self._waiting:
+                still = await renew(self._context.sessions, sorted(self._waiting), self._claims)
+                self._owned -= self._waiting - still
 
 
-async def _renew(
-    sessions: async_sessionmaker[AsyncSession], event_ids: Sequence[str], claims: _Claims
-) -> set[str]:
-    """Extend this notifier's claims on `event_ids` (those still `sending` under its claim) to a fresh
-    lease; `claims.at` becomes the new claim time. Returns the ids still ours."""
-    now = utcnow()
-    async with sessions() as session, session.begin():
-        renewed = set(
-            await session.scalars(
-                update(Notification)
-                .where(
-                    Notification.event_id.in_(event_ids),
-                    Notification.status == SENDING,
-                    Notification.claimed_at == claims.at,
-                )
-                .values(claimed_at=now)
-                .returning(Notification.event_id)
-            )
-        )
-    claims.at = now
-    return renewed
+async def mark_mails_sent(events: Sequence[ReceivedEvent], session: AsyncSession) -> None:
+    """Inside the wave's inbox transaction: its mails are `sent` (see `claims.mark_sent`)."""
+    await mark_sent(session, [event.id for event in events])
 
 
-async def _record_failure(
-    sessions: async_sessionmaker[AsyncSession], event_id: str, claimed_at: datetime, error: Exception
-) -> None:
-    """The row of a failed send: `failed` (permanent) or `retrying` (transient), with the reason; only while
-    this notifier's claim holds (after the lease, another one may have claimed it again)."""
-    async with sessions() as session, session.begin():
-        await session.execute(
-            update(Notification)
-            .where(
-                Notification.event_id == event_id,
-                Notification.status == SENDING,
-                Notification.claimed_at == claimed_at,
-            )
-            .values(
-                status=FAILED if isinstance(error, PermanentError) else RETRYING,
-                last_error=str(error)[:2_000],
-            )
+async def mark_mail_sent(event: ReceivedEvent, session: AsyncSession) -> None:
+    await mark_mails_sent([event], session)
+
+
+def forget_recorded(event_ids: Sequence[str], context: ReactorContext) -> None:
+    """After the wave's transaction committed: its mails are recorded `sent`, nothing to remember."""
+    notifier = context.resources.get(NAME)
+    if isinstance(notifier, Notifier):
+        notifier.forget(
+            event_ids,
+            older_than=utcnow() - 10 * timedelta(seconds=context.settings.notification_send_lease_seconds),
         )
 
 
-async def check_mails_sent(events: Sequence[ReceivedEvent], session: AsyncSession) -> None:
-    """Inside the inbox transaction: every event's mail must be recorded `sent` by `send_mails` by now.
-    Raises TransientError naming the others (the runtime retries them)."""
-    ids = [event.id for event in events]
-    sent = set(
-        await session.scalars(
-            select(Notification.event_id).where(Notification.event_id.in_(ids), Notification.status == SENT)
-        )
-    )
-    if missing := [event_id for event_id in ids if event_id not in sent]:
-        raise TransientError(f"notification for {', '.join(missing)} is not recorded as sent")
-
-
-async def check_mail_sent(event: ReceivedEvent, session: AsyncSession) -> None:
-    await check_mails_sent([event], session)
-
-
-# The runtime's two steps: prepare (outside the inbox transaction) sends, apply (inside it) checks.
+# The runtime's steps: prepare (outside the inbox transaction) sends, apply (inside it) marks `sent`,
+# committed (after it) forgets what it remembered.
 REACTOR = Reactor(
     name=NAME,
     routing_keys=(ORDER_SHIPPED_V1.routing_key, ORDER_CANCELLED_V1.routing_key),
-    apply=check_mail_sent,
-    apply_batch=check_mails_sent,
+    apply=mark_mail_sent,
+    apply_batch=mark_mails_sent,
     prepare_batch=send_mails,
     # Replays to it are backfills only: events it never mailed about are mailed, the others skipped.
     cannot_reset="a mail cannot be unsent",
+    committed=forget_recorded,
+    # A mail whose event was applied is recorded `sent` in the same transaction: the claim finds it.
+    prepare_skips_applied=True,
 )

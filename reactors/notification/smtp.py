@@ -1,5 +1,5 @@
-"""The notification reactor's SMTP side: recipient addresses, composing a mail, one kept-open connection, and
-which send failures are permanent.
+"""The notification reactor's SMTP side: recipient addresses, a small pool of kept-open connections (the
+mails themselves come from `template`), and which send failures are permanent.
 
 Addresses. A recipient is mailed in the form every relay accepts: with an ASCII (IDNA) domain whenever its
 local part is ASCII (`ada@bücher.example` goes out as `ada@xn--bcher-kva.example`); only a non-ASCII local
@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from email.message import EmailMessage
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import aiosmtplib
 import email_validator
 
 from infra.settings import Settings
 from reactors.base import PermanentError, TransientError
+from reactors.notification.template import MailTemplate
 
 
 def mailable_address(address: str) -> str:
@@ -46,82 +48,127 @@ def needs_smtputf8(address: str) -> bool:
     return not address.isascii()
 
 
-def compose(settings: Settings, recipient: str, subject: str, body: str, message_id: str) -> EmailMessage:
-    message = EmailMessage()
-    message["From"] = settings.smtp_sender
-    message["To"] = recipient
-    message["Subject"] = subject
-    message["Message-ID"] = message_id
-    message.set_content(body)
-    return message
-
-
 class ConnectFailed(Exception):
     """Connecting to the relay failed (connect, EHLO, STARTTLS or AUTH): about the relay, not the mail."""
 
 
-class Mailer:
-    """One SMTP connection kept open for the reactor's mails (a process-wide resource), reconnected after a
-    failure. One mail at a time: an SMTP session is a sequence of commands and replies.
+@dataclass(frozen=True)
+class Mail:
+    """A mail to send: the recipient (as mailed: a `mailable_address`), subject, body and Message-ID."""
 
-    `send` raises ConnectFailed (from the aiosmtplib or OS error) when it cannot connect, and aiosmtplib's
-    errors (`SMTPResponseException` with the reply code, `SMTPNotSupported`...) or ValueError (an address
-    that cannot be put on a command line) when the mail itself fails."""
+    recipient: str
+    subject: str
+    body: str
+    message_id: str
 
-    def __init__(self, settings: Settings) -> None:
+
+class Connection:
+    """One SMTP connection kept open, reconnected after a failure. One mail at a time: without PIPELINING
+    (aiosmtplib does not implement it, and aiosmtpd does not offer it) an SMTP transaction is four round
+    trips in sequence (MAIL, RCPT, DATA, the message), so concurrency comes from several connections."""
+
+    def __init__(self, settings: Settings, template: MailTemplate) -> None:
         self._settings = settings
+        self._template = template
         self._client: aiosmtplib.SMTP | None = None
-        self._lock = asyncio.Lock()
 
-    async def send(self, message: EmailMessage) -> None:
-        async with self._lock:
-            reused = self._client is not None and self._client.is_connected
-            try:
-                await self._send(message)
-            except (aiosmtplib.SMTPServerDisconnected, ConnectionError):
-                if not reused:
-                    raise
-                # The server may close an idle connection; a fresh one gets one more try.
-                await self._send(message)
-
-    async def _send(self, message: EmailMessage) -> None:
-        if self._client is None or not self._client.is_connected:
-            settings = self._settings
-            client = aiosmtplib.SMTP(
-                hostname=settings.smtp_host,
-                port=settings.smtp_port,
-                # An empty value in the environment means "no login", like an absent one.
-                username=settings.smtp_username or None,
-                password=(settings.smtp_password.get_secret_value() or None)
-                if settings.smtp_password
-                else None,
-                start_tls=settings.smtp_start_tls,
-                use_tls=False,
-                timeout=settings.smtp_timeout_seconds,
-            )
-            try:
-                await client.connect()  # also EHLO, STARTTLS and login, as configured
-            except (aiosmtplib.SMTPException, OSError, TimeoutError) as err:
-                client.close()
-                raise ConnectFailed(f"{type(err).__name__}: {err}") from err
-            self._client = client
+    async def send(self, mail: Mail) -> None:
+        """Send `mail` (see `MailerPool.send` for what it raises). A connection kept open that turns out
+        closed (the server restarted, or dropped it while idle) gets one more try on a fresh one."""
+        reused = self._client is not None and self._client.is_connected
         try:
-            await self._client.send_message(message)
+            await self._send(mail)
+        except (aiosmtplib.SMTPServerDisconnected, ConnectionError):
+            if not reused:
+                raise
+            await self._send(mail)
+
+    async def _send(self, mail: Mail) -> None:
+        client = await self._connected()
+        eight_bit = client.supports_extension("8bitmime")
+        envelope = self._template.render(
+            mail.recipient, mail.subject, mail.body, mail.message_id, eight_bit=eight_bit
+        )
+        # The options `send_message` would use: SMTPUTF8 for a non-ASCII recipient (refused with
+        # SMTPNotSupported where the server lacks it), BODY=8BITMIME wherever the server offers it.
+        options = (["SMTPUTF8"] if envelope.smtputf8 else []) + (["BODY=8BITMIME"] if eight_bit else [])
+        try:
+            await client.sendmail(envelope.sender, [envelope.recipient], envelope.data, mail_options=options)
         except BaseException:
-            await self._drop()  # the session's state is unknown: the next mail starts afresh
+            self.drop()  # the session's state is unknown: the next mail starts afresh
             raise
 
-    async def _drop(self) -> None:
+    async def _connected(self) -> aiosmtplib.SMTP:
+        if self._client is not None and self._client.is_connected:
+            return self._client
+        settings = self._settings
+        client = aiosmtplib.SMTP(
+            hostname=settings.smtp_host,
+            port=settings.smtp_port,
+            # An empty value in the environment means "no login", like an absent one.
+            username=settings.smtp_username or None,
+            password=(settings.smtp_password.get_secret_value() or None) if settings.smtp_password else None,
+            start_tls=settings.smtp_start_tls,
+            use_tls=False,
+            timeout=settings.smtp_timeout_seconds,
+        )
+        try:
+            await client.connect()  # also EHLO, STARTTLS and login, as configured
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as err:
+            client.close()
+            raise ConnectFailed(f"{type(err).__name__}: {err}") from err
+        self._client = client
+        return client
+
+    def drop(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
 
     async def aclose(self) -> None:
-        async with self._lock:
-            if self._client is not None and self._client.is_connected:
-                with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
-                    await self._client.quit(timeout=self._settings.smtp_timeout_seconds)
-            await self._drop()
+        if self._client is not None and self._client.is_connected:
+            with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
+                await self._client.quit(timeout=self._settings.smtp_timeout_seconds)
+        self.drop()
+
+
+class MailerPool:
+    """`notification_smtp_connections` SMTP connections kept open for the reactor's mails (a process-wide
+    resource), opened on first use and reopened after a failure; `send` takes an idle one, so that up to
+    that many mails are in flight at once.
+
+    `send` raises ConnectFailed (from the aiosmtplib or OS error) when it cannot connect, and aiosmtplib's
+    errors (`SMTPResponseException` with the reply code, `SMTPNotSupported`...) or ValueError (a header
+    value with a line break, an address that cannot be put on a command line) when the mail itself fails."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        template = MailTemplate(settings.smtp_sender)
+        self._all = [Connection(settings, template) for _ in range(settings.notification_smtp_connections)]
+        self._idle: asyncio.Queue[Connection] = asyncio.Queue()
+        for connection in self._all:
+            self._idle.put_nowait(connection)
+
+    @property
+    def size(self) -> int:
+        return len(self._all)
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[Connection]:
+        """An idle connection, the caller's alone until it leaves the block (waits for one if none is)."""
+        connection = await self._idle.get()
+        try:
+            yield connection
+        finally:
+            self._idle.put_nowait(connection)
+
+    async def send(self, mail: Mail) -> None:
+        async with self.connection() as connection:
+            await connection.send(mail)
+
+    async def aclose(self) -> None:
+        for connection in self._all:
+            await connection.aclose()
 
 
 # What a failed send may raise; anything else is a bug, left to the runtime (retried as transient).

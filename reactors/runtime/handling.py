@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import aiormq
@@ -45,6 +45,27 @@ log = logging.getLogger(__name__)
 Fault = Callable[[str, ReceivedEvent], Awaitable[None]]
 # Told that a queue of the reactor's topology is missing (a hand-over to it came back unroutable).
 OnDrift = Callable[[str], None]
+
+
+@dataclass
+class Parsed:
+    """A batch after step 1: when it was taken (`started`, loop time; `received_at`, UTC), its deliveries
+    in delivery order, and the messages that could not be parsed, with why."""
+
+    started: float
+    received_at: datetime
+    deliveries: list[Delivery] = field(default_factory=list)
+    unparsed: list[tuple[AbstractIncomingMessage, InvalidEvent]] = field(default_factory=list)
+
+    def extend(self, more: Parsed) -> None:
+        """Append the messages of `more`, taken after these (the batch keeps its time)."""
+        self.deliveries += more.deliveries
+        self.unparsed += more.unparsed
+
+    def discard(self) -> None:
+        """Not handled after all (the consumption stopped): end the spans; the messages stay unacked."""
+        for delivery in self.deliveries:
+            delivery.span.end()
 
 
 class BatchHandler:
@@ -74,20 +95,20 @@ class BatchHandler:
     def _name(self) -> str:
         return self._reactor.name
 
-    async def handle(self, intake: Intake, messages: Sequence[AbstractIncomingMessage]) -> None:
-        """Handle one batch taken from `intake` (its deliveries' acks go to their own channel)."""
-        started = asyncio.get_running_loop().time()
-        received_at = utcnow()
-        deliveries: list[Delivery] = []
+    def parse(self, messages: Sequence[AbstractIncomingMessage]) -> Parsed:
+        """Step 1 without its I/O (no ack, no database), so that the loop can parse the next batch while the
+        last one commits: the deliveries of `messages` and the messages that are no event this reactor
+        knows (dead-lettered by `handle`)."""
+        parsed = Parsed(asyncio.get_running_loop().time(), utcnow())
         for message in messages:
             try:
                 event = parse_event(message.body, self._event_types)
             except InvalidEvent as err:
-                intake.settled_so_far &= await self._dead_letter_unparsed(message, err, received_at, started)
+                parsed.unparsed.append((message, err))
                 continue
-            self._observe.age(event, received_at)
+            self._observe.age(event, parsed.received_at)
             attempt = attempt_of(message)
-            deliveries.append(
+            parsed.deliveries.append(
                 Delivery(
                     message,
                     replace(event, attempt=attempt),
@@ -95,8 +116,16 @@ class BatchHandler:
                     self._observe.consumer_span(message),
                 )
             )
-        if deliveries:
-            await self._handle(intake, deliveries, received_at, started)
+        return parsed
+
+    async def handle(self, intake: Intake, parsed: Parsed) -> None:
+        """Handle one parsed batch taken from `intake` (its deliveries' acks go to their own channel)."""
+        for message, err in parsed.unparsed:
+            intake.settled_so_far &= await self._dead_letter_unparsed(
+                message, err, parsed.received_at, parsed.started
+            )
+        if parsed.deliveries:
+            await self._handle(intake, parsed.deliveries, parsed.received_at, parsed.started)
 
     async def _handle(
         self,
@@ -124,6 +153,8 @@ class BatchHandler:
                         intake.settled_so_far &= await self._settle_failed(lead, error, received_at, started)
                 if leads:
                     settled = await self._ledger.commit(deliveries, leads, received_at)
+                    if self._reactor.committed is not None:
+                        self._reactor.committed(list(leads), self._context)
         except Exception as err:
             failure = err
         rest = [delivery for delivery in deliveries if delivery not in finished and delivery not in settled]
@@ -148,8 +179,10 @@ class BatchHandler:
         )
 
     async def _prepare(self, leads: list[Delivery]) -> dict[str, Exception]:
-        """Prepare the events not known to be applied already; the error of each that failed, by id."""
-        applied = await self._ledger.applied([lead.event.id for lead in leads]) if leads else set()
+        """Prepare the events not known to be applied already (unless the reactor finds those itself); the
+        error of each that failed, by id."""
+        lookup = leads and not self._reactor.prepare_skips_applied
+        applied = await self._ledger.applied([lead.event.id for lead in leads]) if lookup else set()
         return await self._reactor.prepare_all(
             [lead.event for lead in leads if lead.event.id not in applied], self._context
         )

@@ -2,7 +2,9 @@
 
 `ReactorRuntime.run(stop)` repeats: open a consumption (`transport`), hand each batch taken from its intake
 to the `handling.BatchHandler`, one batch at a time (also across reconnections, so two copies of an event
-are never handled at once by one runtime), until the consumption ends:
+are never handled at once by one runtime), until the consumption ends. The next batch is taken and parsed
+(CPU only: no ack, no SQL) while the last one commits, so that parsing overlaps the database's round trips;
+what arrives meanwhile joins it once the last one has finished (up to `reactor_batch_size`):
 
 - stop set: stop consuming, let the batch in flight finish within `reactor_shutdown_timeout_seconds`
   (messages delivered but not started stay unacked), close, return;
@@ -27,7 +29,6 @@ import asyncio
 import contextlib
 import logging
 
-from aio_pika.abc import AbstractIncomingMessage
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts.envelope import EventType
@@ -37,7 +38,7 @@ from messaging.broker import BROKER_UNAVAILABLE
 from messaging.topology import Topology
 from observability.metrics import metrics
 from reactors.base import Reactor, ReactorContext
-from reactors.runtime.handling import BatchHandler, Fault
+from reactors.runtime.handling import BatchHandler, Fault, Parsed
 from reactors.runtime.observe import Observer
 from reactors.runtime.persistence import Ledger
 from reactors.runtime.policy import FailurePolicy
@@ -173,24 +174,45 @@ class ReactorRuntime:
                 task.cancel()
 
     async def _take_batches(self, consumption: Consumption) -> None:
+        """Take and handle batches one at a time, in delivery order; the next batch is taken and parsed
+        while the last one is handled (its commit, its mails), and handled once that one has finished."""
         intake = consumption.intake
+        limit = self._settings.reactor_batch_size
+        last: asyncio.Task[None] | None = None
         while True:
-            messages = await intake.take(self._settings.reactor_batch_size)
+            messages = await intake.take(limit)
             if consumption.stopping:
                 return  # not acked: returned to the queue when the channel closes
-            task = asyncio.ensure_future(self._handle(intake, messages))
-            self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
-            # Shielded: a lost connection stops taking batches, not the one in flight (its acks just fail).
-            await asyncio.shield(task)
+            parsed = self._handler.parse(messages)
+            if last is not None:
+                try:
+                    # Shielded: a lost connection stops taking batches, not the one in flight (its acks just
+                    # fail).
+                    await asyncio.shield(last)
+                except asyncio.CancelledError:
+                    parsed.discard()
+                    raise
+                # What arrived meanwhile joins the batch, so that batches stay as large as without overlap.
+                if more := intake.take_now(limit - len(messages)):
+                    parsed.extend(self._handler.parse(more))
+            if consumption.stopping:
+                parsed.discard()
+                return
+            last = asyncio.ensure_future(self._handle(intake, parsed))
+            self._in_flight.add(last)
+            last.add_done_callback(self._in_flight.discard)
 
-    async def _handle(self, intake: Intake, messages: list[AbstractIncomingMessage]) -> None:
+    async def _handle(self, intake: Intake, parsed: Parsed) -> None:
         async with self._one_batch:
             try:
-                await self._handler.handle(intake, messages)
+                await self._handler.handle(intake, parsed)
             except Exception:  # a bug, not a message's fault: keep consuming, and acking one by one
                 intake.settled_so_far = False
-                log.exception("%s: unexpected failure on a batch of %d", self.reactor.name, len(messages))
+                log.exception(
+                    "%s: unexpected failure on a batch of %d",
+                    self.reactor.name,
+                    len(parsed.deliveries) + len(parsed.unparsed),
+                )
 
     def _drifted(self, reason: str) -> None:
         if self._consumption is not None:

@@ -1,9 +1,13 @@
 """The reactor's rows: inbox (deduplication) and delivery ledger, written with the handler's effects.
 
 Shapes: a `Delivery` is one message of a batch, parsed; a ledger row is a plain dict of
-`reactors.models.DeliveryRecord` columns (two per delivery: `received`, then its outcome). Errors: whatever
-the database raises propagates (the caller decides: a failed batch is handled again message by message),
-except in `Ledger.record`, which logs and swallows, since losing a ledger row must not lose a message.
+`reactors.models.DeliveryRecord` columns, one per delivery: its outcome, written when it is settled, with
+`duration_ms` since its receipt (so the receipt is `created_at - duration_ms`; the timeline shows it as
+`delivery.received`). Rows written before this layout came in pairs (`received`, then the outcome).
+
+Errors: whatever the database raises propagates (the caller decides: a failed batch is handled again
+message by message), except in `Ledger.record`, which logs and swallows, since losing a ledger row must not
+lose a message.
 """
 
 from __future__ import annotations
@@ -84,7 +88,7 @@ class Ledger:
         self, deliveries: Sequence[Delivery], leads: dict[str, Delivery], received_at: datetime
     ) -> dict[Delivery, str]:
         """One transaction: the inbox rows of `leads` (the first copy of each event), the reactor's effects
-        for those not applied before, and two ledger rows for every delivery of an event in `leads`.
+        for those not applied before, and the ledger row of every delivery of an event in `leads`.
         Returns the outcome of each such delivery: `processed` for a lead applied now, else
         `duplicate_ignored`. Deliveries of events not in `leads` are not touched. A copy from an operator's
         replay is settled on its replay item, and a re-apply's event applied again past its inbox row
@@ -96,6 +100,7 @@ class Ledger:
             for delivery in deliveries
             if delivery.event.id in leads and (copy := delivery.replay) is not None
         }
+        now = utcnow()  # the batch's rows are settled together
         async with self._sessions() as session, session.begin():
             fresh = await self._insert_inbox(session, [lead.event for lead in leads.values()])
             reapplied: set[str] = set()
@@ -122,14 +127,17 @@ class Ledger:
                 detail = delivery.redriven if processed else None
                 if delivery is lead and event_id in replays:
                     detail = replays[event_id].detail(applied=processed, reset=event_id in reapplied - fresh)
-                rows += self.rows(
-                    event_id,
-                    delivery.event,
-                    delivery.attempt,
-                    received_at,
-                    delivery.trace_id,
-                    outcome,
-                    detail,
+                rows.append(
+                    self.row(
+                        event_id,
+                        delivery.event,
+                        delivery.attempt,
+                        received_at,
+                        delivery.trace_id,
+                        outcome,
+                        detail,
+                        now,
+                    )
                 )
                 outcomes[delivery] = outcome
             await _write(session, rows)
@@ -144,19 +152,19 @@ class Ledger:
         outcome: str,
         detail: str,
     ) -> None:
-        """The ledger rows of a delivery that made no effect (retried, dead-lettered), in their own
+        """The ledger row of a delivery that made no effect (retried, dead-lettered), in its own
         transaction, in the current span's trace. Never raises: a lost ledger row must not lose the
         message."""
         trace_id = tracing.current_trace_id()
         try:
             async with self._sessions() as session, session.begin():
                 await _write(
-                    session, self.rows(message_id, event, attempt, received_at, trace_id, outcome, detail)
+                    session, [self.row(message_id, event, attempt, received_at, trace_id, outcome, detail)]
                 )
         except Exception as err:
             log.warning("%s: could not record %s of %s: %s", self.consumer, outcome, message_id, err)
 
-    def rows(
+    def row(
         self,
         message_id: str,
         event: ReceivedEvent | None,
@@ -165,34 +173,23 @@ class Ledger:
         trace_id: str | None,
         outcome: str,
         detail: str | None = None,
-    ) -> list[dict[str, object]]:
-        """The two ledger rows of a delivery: `received` (at `received_at`), then `outcome` (now, with the
-        duration since `received_at` in milliseconds and `detail` cut to 2,000 characters)."""
-        common = {
+        now: datetime | None = None,
+    ) -> dict[str, object]:
+        """The ledger row of a delivery: `outcome` at `now` (default: now), with the duration since
+        `received_at` in milliseconds and `detail` cut to 2,000 characters."""
+        now = now or utcnow()
+        return {
             "consumer": self.consumer,
             "message_id": message_id,
             "event_type": event.type if event is not None else None,
             "subject": event.subject if event is not None else None,
             "attempt": attempt,
             "trace_id": trace_id,
+            "outcome": outcome,
+            "detail": detail[:MAX_DETAIL_LENGTH] if detail else None,
+            "created_at": now,
+            "duration_ms": (now - received_at).total_seconds() * 1000,
         }
-        now = utcnow()
-        return [
-            {
-                **common,
-                "outcome": DeliveryOutcome.RECEIVED,
-                "detail": None,
-                "created_at": received_at,
-                "duration_ms": None,
-            },
-            {
-                **common,
-                "outcome": outcome,
-                "detail": detail[:MAX_DETAIL_LENGTH] if detail else None,
-                "created_at": now,
-                "duration_ms": (now - received_at).total_seconds() * 1000,
-            },
-        ]
 
     async def _insert_inbox(self, session: AsyncSession, events: Sequence[ReceivedEvent]) -> set[str]:
         """Insert the events' inbox rows; the ids of those that were not there yet."""

@@ -72,6 +72,10 @@ class Intake:
         while not self._messages:
             self._arrived.clear()
             await self._arrived.wait()
+        return self.take_now(limit)
+
+    def take_now(self, limit: int) -> list[AbstractIncomingMessage]:
+        """The messages that have arrived, oldest first, at most `limit` (none: an empty list)."""
         return [self._messages.popleft() for _ in range(min(limit, len(self._messages)))]
 
 

@@ -424,6 +424,7 @@ class FaultRun:
                 cancels = sum(order.path.cancel for order in self.orders)
                 self.expect.min_cancels_accepted = max(1, cancels // 3) if cancels else 0
                 self.expect.notifier_kills = stack.components["reactor-notification"].kills
+                self.expect.mails_per_kill = stack.settings.reactor_batch_size  # one wave per kill
                 invariants = await check_all(
                     database.sessions,
                     stack.temporal,

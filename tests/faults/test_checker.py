@@ -491,6 +491,20 @@ def test_the_mail_resend_window_is_allowed_once_per_notifier_kill() -> None:
     )
 
 
+def test_a_notifier_kill_may_resend_one_wave_not_more() -> None:
+    """A wave's mails are marked `sent` together: a kill before that commit resends the whole wave."""
+    model = build(specs())
+    wave = sorted(set(model.records.mails))
+    model.records.mails += wave
+    model.expect.notifier_kills = 1
+    model.expect.mails_per_kill = len(wave)
+    assert all(i.held for i in check_records(model.records, model.expect))
+    model.expect.mails_per_kill = len(wave) - 1
+    assert ("reactors", "mails resent at most in the documented window") in failures(
+        check_records(model.records, model.expect)
+    )
+
+
 # --- deliberately broken products: the records each leaves behind, and a check that catches it
 
 

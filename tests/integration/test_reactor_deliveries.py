@@ -116,7 +116,9 @@ async def test_poison_goes_to_the_dlq_after_the_limit_while_others_flow_then_red
         return len(await events.ledger("fragile", DeliveryOutcome.DEAD_LETTERED)) == 1
 
     await eventually(dead_lettered, what="the poison message dead-lettered")
-    assert sorted(applied) == sorted(event.subject for event in good)  # the others were not held up
+    # The others were not held up. (`applied` is kept outside the transaction: a good message batched with
+    # a returning retry of the poison is applied, rolled back with the batch, then applied alone.)
+    assert sorted(set(applied)) == sorted(event.subject for event in good)
     retries = await events.ledger("fragile", DeliveryOutcome.RETRY_SCHEDULED)
     assert [record.attempt for record in retries] == [1, 2]  # max attempts 3: two waits, then the DLQ
     [letter] = await list_dead_letters(events.settings, "fragile")

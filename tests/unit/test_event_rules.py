@@ -50,9 +50,9 @@ def test_a_cancellation_mail_tells_the_reason_and_what_was_undone() -> None:
     )
     envelope = new_event(ORDER_CANCELLED_V1, event_id="e-1", subject="o-1", time=at, data=payload)
 
-    recipient, subject, body = render(ReceivedEvent(envelope, payload))
+    mail = render(ReceivedEvent(envelope, payload))
 
-    assert (recipient, subject) == ("c-1@example.com", "Your order o-1 was cancelled")
-    assert "customer cancelled (changed my mind)" in body
-    assert "refunded" in body and "put back in stock" in body
-    assert message_id_for("e-1") == "<e-1@order-saga>"
+    assert (mail.recipient, mail.subject) == ("c-1@example.com", "Your order o-1 was cancelled")
+    assert "customer cancelled (changed my mind)" in mail.body
+    assert "refunded" in mail.body and "put back in stock" in mail.body
+    assert mail.message_id == message_id_for("e-1") == "<e-1@order-saga>"

@@ -258,3 +258,28 @@ def test_a_whole_timeline_interleaves_the_three_sources_and_renders() -> None:
     empty = Console(record=True, width=120)
     empty.print(render_timeline([], title="nothing"))
     assert "nothing recorded for this order yet" in empty.export_text()
+
+
+def test_a_one_row_delivery_shows_its_receipt_from_its_duration() -> None:
+    """The ledger writes one row per delivery (its outcome and the time since receipt); the timeline shows
+    the receipt too, at `created_at - duration_ms`. Rows of the older two-row layout are shown as they are."""
+    one_row = DeliveryView(7, "loyalty", "e-1", "order.shipped.v1", "processed", 1, None, at(5), 250.0)
+    retried = DeliveryView(
+        8, "notification", "e-1", "order.shipped.v1", "retry_scheduled", 1, "451", at(6), 4.0
+    )
+    recovered = DeliveryView(9, "notification", "e-1", "order.shipped.v1", "retry_recovered", 2, None, at(9))
+    entries = delivery_entries([one_row, retried, recovered])
+    assert [(entry.kind, entry.at, entry.duration_ms) for entry in entries] == [
+        ("delivery.received", at(5) - timedelta(milliseconds=250), None),
+        ("delivery.processed", at(5), 250.0),
+        ("delivery.received", at(6) - timedelta(milliseconds=4), None),
+        ("delivery.retry_scheduled", at(6), 4.0),
+        ("delivery.retry_recovered", at(9), None),
+    ]
+    assert entries[0].summary == "loyalty: order.shipped.v1 received" and entries[0].detail is None
+
+    two_rows = [
+        DeliveryView(1, "loyalty", "e-1", "order.shipped.v1", "received", 1, None, at(4)),
+        DeliveryView(2, "loyalty", "e-1", "order.shipped.v1", "processed", 1, None, at(5), 250.0),
+    ]
+    assert [entry.kind for entry in delivery_entries(two_rows)] == ["delivery.received", "delivery.processed"]
