@@ -505,6 +505,21 @@ def test_a_notifier_kill_may_resend_one_wave_not_more() -> None:
     )
 
 
+def test_a_duplicate_lost_with_a_dropped_retry_is_not_required() -> None:
+    """The broker dropped both copies of an event in retry; the sweep re-drove it once from the outbox."""
+    model = m_duplicate_not_ignored(build(specs()))
+    model.records.deliveries.append(("loyalty", "ev-o4", "retry_recovered"))
+    invariants = check_records(model.records, model.expect)
+    assert all(i.held for i in invariants)
+    assert (
+        "1 lost with a retry the broker dropped"
+        in next(i for i in invariants if i.key == "duplicates").detail
+    )
+    model.records.deliveries.remove(("loyalty", "ev-o4", "retry_recovered"))
+    model.records.deliveries.append(("analytics", "ev-o4", "retry_recovered"))  # another reactor's
+    assert ("duplicates", "each ignored") in failures(check_records(model.records, model.expect))
+
+
 # --- deliberately broken products: the records each leaves behind, and a check that catches it
 
 
