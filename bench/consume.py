@@ -290,7 +290,7 @@ class _ConsumePhase:
         while (applied := (await _applied(self.engine, name, self.ids))[0]) == 0:
             if time.monotonic() > deadline or not component.running:
                 raise TimeoutError(f"{name}: nothing applied\n{component.log_tail()}")
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
         cpu = cpu_seconds(component.pid, children=True) or 0.0
         first, last = await _inbox_span(self.engine, name, self.ids, self.within)
         per_second = (count - 1) / (last - first) if last > first else math.nan
