@@ -50,7 +50,7 @@ from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 
-from bench.consume import consume_phase
+from bench.consume import consume_phase, summary_lines
 from bench.meter import BENCH_APPLICATION_NAME, Meter, history_costs
 from domain.model import workflow_id_for
 from infra.settings import Settings
@@ -511,7 +511,6 @@ def targets(results: Mapping[str, Any], variant: Variant, figures: Mapping[str, 
     """The issue's targets for one variant: (target, measured, wanted, met)."""
     extras = results["extras"][variant.name]
     consume = extras["consume"]
-    raw_pika = consume["raw_aio_pika"]["per_second"]
     cpu, bare_cpu = figures["cpu_ms_per_order"], figures["cpu_ms_per_bare_workflow"]
     work = figures["work_total_per_order"]
     rows = [
@@ -519,10 +518,8 @@ def targets(results: Mapping[str, Any], variant: Variant, figures: Mapping[str, 
         ("Temporal server CPU ms per order < the bare workflow's", cpu["temporal"]["median"],
          bare_cpu["temporal"]["median"], "below"),
         ("database round trips per shipped order <= 70", work["db_round_trips"]["median"], 70, "at most"),
-        ("notification mails/s >= half the raw SMTP client's", consume["notification"]["per_second"],
-         consume["raw_smtp"]["per_second"] / 2, None),
-        ("loyalty msg/s >= half raw aio-pika", consume["loyalty"]["per_second"], raw_pika / 2, None),
-        ("analytics msg/s >= half raw aio-pika", consume["analytics"]["per_second"], raw_pika / 2, None),
+        *((f"{name} msg/s >= half {consume[name]['against']}'s", consume[name]["per_second"],
+           consume[name]["raw_per_second"] / 2, None) for name in REACTOR_NAMES),
         ("POST p99 at half max <= 3 x StartWorkflow p99 (ms)", extras["e2e"]["post_latency_ms"]["p99"],
          3 * extras["start_workflow"]["start_rpc_ms"]["p99"], "at most"),
     ]  # fmt: skip
@@ -600,11 +597,7 @@ def render(results: Mapping[str, Any]) -> str:
             f"[{name}] at half max ({extras['rate']:.1f}/s): POST /orders p50 {post['p50']:.1f} ms, p99 "
             f"{post['p99']:.1f} ms; StartWorkflow RPC p50 {rpc['p50']:.1f} ms, p99 {rpc['p99']:.1f} ms; "
             f"e2e p50 {e2e['p50']:.0f} ms, p99 {e2e['p99']:.0f} ms",
-            f"[{name}] consume ({consume['messages']} each): notification "
-            f"{consume['notification']['per_second']:.0f} mails/s vs raw aiosmtplib "
-            f"{consume['raw_smtp']['per_second']:.0f}; "
-            + ", ".join(f"{r} {consume[r]['per_second']:.0f}" for r in ("loyalty", "analytics"))
-            + f" msg/s vs raw aio-pika {consume['raw_aio_pika']['per_second']:.0f}",
+            *(f"[{name}] {line}" for line in summary_lines(consume)),
         ]
     drift = summary["floor_drift"]
     lines += [
@@ -654,7 +647,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=32, help="HTTP connections of the order burst")
     parser.add_argument("--steady-seconds", type=float, default=20, help="length of the half-rate phases")
     parser.add_argument("--consume-messages", type=int, default=2000, help="events per reactor consume test")
-    parser.add_argument("--raw-smtp-connections", type=int, default=1)
+    parser.add_argument("--raw-smtp-connections", type=int, help="default: the notification's pool size")
     parser.add_argument("--phase-timeout", type=float, default=600, help="give up on a phase after this (s)")
     parser.add_argument(
         "--server-flag",

@@ -72,6 +72,7 @@ class Meter:
         self._postmaster = postmasters[0].pid if postmasters else None
         self._rabbitmq = [p.pid for p in _pids_named("beam.smp")]
         self._background: dict[str, float] = {}
+        self._names_by_pid: dict[int, str] = {}
 
     async def __aenter__(self) -> Meter:
         await self._sample_backends()
@@ -134,9 +135,11 @@ class Meter:
 
     def _work_counts(self) -> dict[str, Counter[str]]:
         """Work counters by component name (the stack's, matched by pid; summed over restarts)."""
-        by_pid = {
-            component.pid: name for name, component in self._stack.components.items() if component.process
-        }
+        # Every pid a component ever had: a restarted component's earlier processes stay its own.
+        by_pid = self._names_by_pid
+        by_pid.update(
+            {component.pid: name for name, component in self._stack.components.items() if component.process}
+        )
         counts: dict[str, Counter[str]] = {}
         if self._counters_dir is None or not self._counters_dir.exists():
             return counts
