@@ -258,3 +258,22 @@ def test_a_whole_timeline_interleaves_the_three_sources_and_renders() -> None:
     empty = Console(record=True, width=120)
     empty.print(render_timeline([], title="nothing"))
     assert "nothing recorded for this order yet" in empty.export_text()
+
+
+def test_data_in_a_rendered_timeline_prints_as_it_is_not_as_markup() -> None:
+    row = DeliveryView(
+        id=1,
+        consumer="loyalty",
+        message_id="e-1",
+        event_type="order.shipped.v1",
+        outcome="dead_lettered",
+        attempt=1,
+        detail=r"bad type [bold]x[/bold] ~ '^[a-z]+(\.[a-z_]+)+$'",
+        created_at=at(1),
+        duration_ms=None,
+    )
+    console = Console(record=True, width=200)
+    console.print(render_timeline(delivery_entries([row]), title="order [red]o-1[/red]"))
+    text = console.export_text()
+    assert r"bad type [bold]x[/bold] ~ '^[a-z]+(\.[a-z_]+)+$'" in text
+    assert "order [red]o-1[/red]" in text
