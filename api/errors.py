@@ -83,6 +83,15 @@ class DeadLetterNotFound(ServiceError):
         super().__init__(f"{reactor} has no dead letter {message_id}")
 
 
+class DeadLetterQueueBusy(ServiceError):
+    """Another operator's listing or redrive holds this reactor's DLQ: retry shortly."""
+
+    def __init__(self, reactor: str) -> None:
+        super().__init__(
+            f"busy: another operator is reading the dead-letter queue of {reactor}; try again in a moment"
+        )
+
+
 class BrokerUnavailable(ServiceError):
     """RabbitMQ did not answer (dead letters live there): retry shortly."""
 
