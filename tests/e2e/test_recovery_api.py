@@ -3,6 +3,7 @@ a dead letter group redriven; admin scope and problem documents (real RabbitMQ, 
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -198,3 +199,30 @@ async def test_a_redrive_over_http_takes_what_was_confirmed_and_a_held_dlq_is_bu
         assert answer.headers["content-type"] == "application/problem+json"
         assert answer.json()["type"] == "urn:order-saga:problem:dead-letter-queue-busy"
         assert "another operator is reading the dead-letter queue of loyalty" in answer.json()["detail"]
+
+
+async def test_the_console_redrives_what_was_confirmed_and_says_what_it_left(stack: Stack) -> None:
+    http, events = stack.api.http, stack.events
+    counted = [shipped_event() for _ in range(3)]
+    for event in counted:
+        await dead_letter(events, event, "loyalty", f"TimeoutError: lock timeout on {event.subject}")
+    await sign_in(http)
+    page = await http.get("/console/dead-letters", params={"reactor": "loyalty"})
+    [failure] = (await http.get("/dead-letters/loyalty/groups", headers=auth("ops"))).json()["groups"]
+    chosen = {"group": failure["id"], "csrf_token": csrf_of(page.text)}
+    confirm = await http.post("/console/dead-letters/loyalty/confirm", data=chosen)
+    assert 'data-testid="redrive-count">3<' in confirm.text
+    confirmed_ids = re.search(r'name="confirmed_ids" value="([^"]*)"', confirm.text)
+    assert confirmed_ids is not None and confirmed_ids.group(1).split() == [e.id for e in counted]
+    arrived = [shipped_event() for _ in range(2)]  # while the operator reads the confirmation
+    for event in arrived:
+        await dead_letter(events, event, "loyalty", f"TimeoutError: lock timeout on {event.subject}")
+
+    done = await http.post(
+        "/console/dead-letters/loyalty/redrive", data={**chosen, "confirmed_ids": confirmed_ids.group(1)}
+    )
+    text = " ".join(re.sub(r"<[^>]+>", "", done.text).split())
+    assert "Redrove 3 dead letter(s) to loyalty, of the 3 you confirmed" in text
+    assert "2 more match now: arrived after the confirmation, left in the dead-letter queue" in text
+    left = (await http.get("/dead-letters/loyalty", headers=auth("ops"))).json()
+    assert [item["message_id"] for item in left["items"]] == [event.id for event in arrived]
