@@ -86,10 +86,8 @@ class DeadLetterNotFound(ServiceError):
 class DeadLetterQueueBusy(ServiceError):
     """Another operator's listing or redrive holds this reactor's DLQ: retry shortly."""
 
-    def __init__(self, reactor: str) -> None:
-        super().__init__(
-            f"busy: another operator is reading the dead-letter queue of {reactor}; try again in a moment"
-        )
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
 
 
 class BrokerUnavailable(ServiceError):

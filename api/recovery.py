@@ -104,4 +104,4 @@ async def _broker(call: Awaitable[T]) -> T:
     except BROKER_UNAVAILABLE as err:
         raise BrokerUnavailable(err) from err
     except dlq.DeadLetterQueueBusy as err:
-        raise DeadLetterQueueBusy(err.reactor) from err
+        raise DeadLetterQueueBusy(err) from err

@@ -66,7 +66,6 @@ class DeadLetterQueueBusy(Exception):
     """Another operation (an operator's listing, dry run or redrive) holds this reactor's DLQ."""
 
     def __init__(self, reactor: str) -> None:
-        self.reactor = reactor
         super().__init__(
             f"busy: another operator is reading the dead-letter queue of {reactor}; try again in a moment"
         )
