@@ -83,6 +83,13 @@ class DeadLetterNotFound(ServiceError):
         super().__init__(f"{reactor} has no dead letter {message_id}")
 
 
+class DeadLetterQueueBusy(ServiceError):
+    """Another operator's listing or redrive holds this reactor's DLQ: retry shortly."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+
+
 class BrokerUnavailable(ServiceError):
     """RabbitMQ did not answer (dead letters live there): retry shortly."""
 

@@ -18,6 +18,7 @@ from api.errors import (
     BrokerUnavailable,
     CancelRefused,
     DeadLetterNotFound,
+    DeadLetterQueueBusy,
     OrchestratorUnavailable,
     OrderNotFound,
     OrderRejected,
@@ -225,6 +226,14 @@ def _service_problem(err: Exception) -> ApiProblem:
             return ApiProblem(HTTPStatus.NOT_FOUND, str(err), type_=problem_type("reactor-not-found"))
         case DeadLetterNotFound():
             return ApiProblem(HTTPStatus.NOT_FOUND, str(err), type_=problem_type("dead-letter-not-found"))
+        case DeadLetterQueueBusy():
+            return ApiProblem(
+                HTTPStatus.CONFLICT,
+                str(err),
+                type_=problem_type("dead-letter-queue-busy"),
+                title="Dead-letter queue busy",
+                headers={"Retry-After": "2"},
+            )
         case BrokerUnavailable():
             return ApiProblem(
                 HTTPStatus.SERVICE_UNAVAILABLE,

@@ -12,12 +12,12 @@ from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from api.errors import BrokerUnavailable, DeadLetterNotFound, ReactorNotFound
+from api.errors import BrokerUnavailable, DeadLetterNotFound, DeadLetterQueueBusy, ReactorNotFound
 from infra.settings import Settings
 from messaging.broker import BROKER_UNAVAILABLE
 from reactors import dlq, replay
 from reactors.base import Reactor
-from reactors.dlq import DeadLetterDetail, Redrive, Scan, Selection
+from reactors.dlq import Confirmed, DeadLetterDetail, Redrive, Scan, Selection
 from reactors.registry import REACTORS, reactor_named
 from reactors.replay import ReplayPlan, ReplaySelection, ReplayStatus
 
@@ -39,20 +39,39 @@ class Recovery:
 
     async def dead_letters(self, reactor: str, selection: Selection = dlq.EVERYTHING) -> Scan:
         """The reactor's dead letters that `selection` matches, oldest first (left in place)."""
-        return await _broker(dlq.scan(self._settings, self.reactor(reactor).name, selection))
+        return await _broker(dlq.scan(self._settings, self._sessions, self.reactor(reactor).name, selection))
 
     async def dead_letter(self, reactor: str, message_id: str) -> DeadLetterDetail:
         """One dead letter with its headers and payload. Raises `DeadLetterNotFound`."""
-        found = await _broker(dlq.inspect(self._settings, self.reactor(reactor).name, message_id))
+        found = await _broker(
+            dlq.inspect(self._settings, self._sessions, self.reactor(reactor).name, message_id)
+        )
         if found is None:
             raise DeadLetterNotFound(reactor, message_id)
         return found
 
-    async def redrive(self, reactor: str, selection: Selection, *, actor: str, dry_run: bool) -> Redrive:
-        """Redrive (or count, `dry_run`) the dead letters `selection` matches, to that reactor only."""
+    async def redrive(
+        self,
+        reactor: str,
+        selection: Selection,
+        *,
+        actor: str,
+        dry_run: bool,
+        confirmed: Confirmed | None = None,
+    ) -> Redrive:
+        """Redrive (or count, `dry_run`) the dead letters `selection` matches, to that reactor only; with
+        `confirmed`, only what the operator confirmed after the dry run."""
         name = self.reactor(reactor).name
         return await _broker(
-            dlq.redrive(self._settings, self._sessions, name, selection, actor=actor, dry_run=dry_run)
+            dlq.redrive(
+                self._settings,
+                self._sessions,
+                name,
+                selection,
+                confirmed=confirmed,
+                actor=actor,
+                dry_run=dry_run,
+            )
         )
 
     async def plan(self, reactor: str, mode: str, selection: ReplaySelection) -> ReplayPlan:
@@ -84,3 +103,5 @@ async def _broker(call: Awaitable[T]) -> T:
         return await call
     except BROKER_UNAVAILABLE as err:
         raise BrokerUnavailable(err) from err
+    except dlq.DeadLetterQueueBusy as err:
+        raise DeadLetterQueueBusy(err) from err

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AwareDatetime, BaseModel, Field, StringConstraints, model_validator
 
 from api.fields import CLOSED
-from reactors.dlq import DeadLetter, DeadLetterDetail, FailureGroup, Redrive, Selection
+from reactors.dlq import Confirmed, DeadLetter, DeadLetterDetail, FailureGroup, Redrive, Selection
 from reactors.models import ReplayMode
 from reactors.replay import ReplayPlan, ReplaySelection, ReplayStatus
 
@@ -110,12 +110,29 @@ class RedriveIn(BaseModel):
     until: AwareDatetime | None = None
     all: bool = Field(default=False, description="Every dead letter of the reactor (and no other criterion).")
     dry_run: bool = Field(default=False, description="Only count what would be redriven.")
+    confirmed_ids: Annotated[list[Id], Field(max_length=10_000)] | None = Field(
+        default=None,
+        description="The `matched_ids` of the dry run the operator confirmed: only these are redriven; "
+        "others the selection matches now arrived later and are left in the DLQ (`skipped`).",
+    )
+    confirmed_count: int | None = Field(
+        default=None,
+        ge=0,
+        description="The dry run's `matched` count the operator confirmed: at most this many are "
+        "redriven, oldest first; the rest are left in the DLQ (`skipped`).",
+    )
 
     @model_validator(mode="after")
     def _chosen(self) -> RedriveIn:
         if self.selection().everything != self.all:
             raise ValueError("choose dead letters (ids, a group or filters) or `all`, not both")
         return self
+
+    def confirmed(self) -> Confirmed | None:
+        if self.confirmed_ids is None and self.confirmed_count is None:
+            return None
+        ids = frozenset(self.confirmed_ids) if self.confirmed_ids is not None else None
+        return Confirmed(message_ids=ids, count=self.confirmed_count)
 
     def selection(self) -> Selection:
         return Selection(
@@ -132,8 +149,16 @@ class RedriveIn(BaseModel):
 class RedriveOut(BaseModel):
     reactor: str
     dry_run: bool
-    matched: int = Field(description="Dead letters the selection matched (the count to confirm).")
+    matched: int = Field(
+        description="Dead letters the selection matched in the DLQ when the call started, each id once "
+        "(on a dry run: the count to confirm)."
+    )
+    matched_ids: list[str] = Field(description="Their ids, oldest first (send them as `confirmed_ids`).")
     redriven: list[str] = Field(description="Ids sent back to the reactor's queue (none on a dry run).")
+    skipped: list[str] = Field(
+        description="Matched but not confirmed (arrived after the dry run): left in the DLQ."
+    )
+    missing: list[str] = Field(description="Confirmed ids no longer in the DLQ (taken meanwhile).")
     truncated: bool
 
     @classmethod
@@ -142,7 +167,10 @@ class RedriveOut(BaseModel):
             reactor=reactor,
             dry_run=done.dry_run,
             matched=done.matched,
+            matched_ids=done.matched_ids,
             redriven=done.redriven,
+            skipped=done.skipped,
+            missing=done.missing,
             truncated=done.truncated,
         )
 

@@ -17,20 +17,20 @@ from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from infra.db import open_database
 from infra.retention import RetentionReport, run_retention
 from infra.settings import load_settings
 from messaging.outbox_status import OutboxStatus, outbox_status
-from ops import demo, dlq_commands, queues, replay_commands
+from ops import demo, dlq_commands, queues, replay_commands, terminal
 from ops.api_client import ApiError, OrdersApi
 from ops.demo import amount_text
 from ops.inspect import asyncapi_command, timeline_command
 
 # Wide enough for full order ids when the output is piped (rich assumes 80 columns then).
-console = Console(width=max(Console().width, 120))
+console = terminal.console(120)
 app = typer.Typer(help="Operate the order saga service.", no_args_is_help=True)
 orders_app = typer.Typer(help="Place, follow and cancel orders (through the HTTP API).", no_args_is_help=True)
 outbox_app = typer.Typer(help="The transactional outbox.", no_args_is_help=True)
@@ -56,7 +56,7 @@ def _api(api_url: str | None, api_key: str | None) -> Iterator[OrdersApi]:
         with OrdersApi.from_settings(load_settings(), api_url, api_key) as api:
             yield api
     except ApiError as err:
-        console.print(f"[red]error:[/red] {err}")
+        console.print(f"error: {err}", style="red")
         raise typer.Exit(1) from err
 
 
@@ -93,7 +93,7 @@ def place(
     }
     with _api(api_url, api_key) as api:
         accepted = api.place_order(order, idempotency_key)
-    console.print(f"order [bold]{accepted['order_id']}[/bold] accepted: {accepted['status']}")
+    console.print(f"order {accepted['order_id']} accepted: {accepted['status']}")
 
 
 @orders_app.command("show")
@@ -101,7 +101,7 @@ def show(order_id: str, api_url: ApiUrl = None, api_key: ApiKey = None) -> None:
     """An order: status, lines, payments, shipment and status history."""
     with _api(api_url, api_key) as api:
         order = api.order(order_id)
-    console.print(f"[bold]{order['order_id']}[/bold]  {order['status']}  {_money(order)}")
+    console.print(f"{order['order_id']}  {order['status']}  {_money(order)}")
     if order.get("failure"):
         console.print(f"failure: {order['failure']}")
     lines = Table("sku", "quantity", "unit price", "total", title="lines")
@@ -171,7 +171,7 @@ def status() -> None:
     console.print(f"oldest pending: {'none' if age is None else f'{age:.1f}s old'}")
     for failing in report.failing:
         console.print(
-            f"[yellow]{failing.event_id}[/yellow] attempts={failing.attempts}: {failing.last_error}"
+            Text(failing.event_id, style="yellow"), f"attempts={failing.attempts}: {failing.last_error}"
         )
 
 

@@ -88,7 +88,7 @@ def _wait_until(check: Any, what: str, console: Console) -> None:
     deadline = time.monotonic() + SETTLE_SECONDS
     while not check():
         if time.monotonic() > deadline:
-            console.print(f"[yellow]gave up waiting for {what} after {SETTLE_SECONDS:.0f}s[/yellow]")
+            console.print(f"gave up waiting for {what} after {SETTLE_SECONDS:.0f}s", style="yellow")
             return
         time.sleep(0.3)
 

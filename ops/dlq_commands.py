@@ -5,20 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
-from rich.console import Console
 from rich.table import Table
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from infra.db import open_database
 from infra.settings import load_settings
+from ops import terminal
 from reactors import dlq
-from reactors.dlq import DEFAULT_LIMIT, Selection
+from reactors.dlq import DEFAULT_LIMIT, Confirmed, DeadLetterQueueBusy, Selection
 from reactors.registry import reactor_named
 
-console = Console(width=max(Console().width, 140))
+console = terminal.console(140)
+T = TypeVar("T")
+# Exit status when another operator holds the reactor's DLQ (sysexits' EX_TEMPFAIL: try again later).
+BUSY_EXIT = 75
 app = typer.Typer(
     help="Dead letters of a reactor: list, group by failure, inspect, redrive to that reactor only.",
     no_args_is_help=True,
@@ -49,6 +54,24 @@ def known(reactor: str) -> str:
         return reactor_named(reactor).name
     except LookupError as err:
         raise typer.BadParameter(str(err)) from err
+
+
+def _on_dlq(work: Callable[[async_sessionmaker[AsyncSession]], Awaitable[T]]) -> T:
+    """Run `work` with the database's sessions (its lock serialises DLQ readers); exits `BUSY_EXIT` when
+    another operator holds the DLQ."""
+
+    async def run() -> T:
+        database = open_database(load_settings())
+        try:
+            return await work(database.sessions)
+        finally:
+            await database.dispose()
+
+    try:
+        return asyncio.run(run())
+    except DeadLetterQueueBusy as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(BUSY_EXIT) from err
 
 
 def _selection(
@@ -84,7 +107,8 @@ def list_command(
 ) -> None:
     """A reactor's dead letters, oldest first: id, type, order, attempts, age, group, reason."""
     selection = _selection(None, event_type, reason, group, order_id, since, until)
-    found = asyncio.run(dlq.scan(load_settings(), known(reactor), selection))
+    name = known(reactor)
+    found = _on_dlq(lambda sessions: dlq.scan(load_settings(), sessions, name, selection))
     if not found.letters:
         typer.echo(f"no dead letters for {reactor}" + ("" if selection.everything else " match"))
         return
@@ -110,7 +134,8 @@ def list_command(
 @app.command("groups")
 def groups_command(reactor: Reactor) -> None:
     """A reactor's dead letters grouped by failure (reasons that differ only in ids and numbers)."""
-    found = asyncio.run(dlq.scan(load_settings(), known(reactor)))
+    name = known(reactor)
+    found = _on_dlq(lambda sessions: dlq.scan(load_settings(), sessions, name))
     groups = dlq.group(found.letters)
     if not groups:
         typer.echo(f"no dead letters for {reactor}")
@@ -131,7 +156,8 @@ def groups_command(reactor: Reactor) -> None:
 @app.command("show")
 def show_command(reactor: Reactor, message_id: str) -> None:
     """One dead letter: its properties, headers and payload."""
-    detail = asyncio.run(dlq.inspect(load_settings(), known(reactor), message_id))
+    name = known(reactor)
+    detail = _on_dlq(lambda sessions: dlq.inspect(load_settings(), sessions, name, message_id))
     if detail is None:
         typer.echo(f"no dead letter {message_id} for {reactor}", err=True)
         raise typer.Exit(1)
@@ -169,23 +195,30 @@ def redrive_command(
     name = known(reactor)
     settings = load_settings()
 
-    async def run(dry: bool) -> dlq.Redrive:
-        database = open_database(settings)
-        try:
-            return await dlq.redrive(settings, database.sessions, name, selection, actor="cli", dry_run=dry)
-        finally:
-            await database.dispose()
+    def run(dry: bool, confirmed: Confirmed | None = None) -> dlq.Redrive:
+        return _on_dlq(
+            lambda sessions: dlq.redrive(
+                settings, sessions, name, selection, confirmed=confirmed, actor="cli", dry_run=dry
+            )
+        )
 
+    confirmed = None
     if dry_run or not yes:
-        counted = asyncio.run(run(True))
+        counted = run(True)
         typer.echo(f"{counted.matched} dead letter(s) of {name} match ({selection.describe()})")
         if dry_run or counted.matched == 0:
             return
         typer.confirm(f"redrive them to {name}?", abort=True)
-    done = asyncio.run(run(False))
+        # Exactly those: any that arrive meanwhile stay in the DLQ.
+        confirmed = Confirmed(message_ids=frozenset(counted.matched_ids))
+    done = run(False, confirmed)
     typer.echo(f"redrove {len(done.redriven)} message(s) to {name}")
     for message_id in done.redriven:
         typer.echo(f"  {message_id}")
+    if done.skipped:
+        typer.echo(f"{len(done.skipped)} more match now (arrived after the count): left in the DLQ")
+    if done.missing:
+        typer.echo(f"{len(done.missing)} counted no longer in the DLQ (taken meanwhile)")
 
 
 def _age(seconds: float) -> str:

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
 from infra.settings import load_settings
 from messaging.asyncapi import asyncapi_document
+from ops import terminal
 from reactors.registry import REACTORS
 from timeline.entries import Timeline
 from timeline.render import render_timeline
@@ -37,8 +37,7 @@ def timeline_command(
     if as_json:
         typer.echo(json.dumps(timeline_as_json(found), indent=2))
         return
-    # Wide enough to stay readable when piped (rich assumes 80 columns then).
-    Console(width=max(Console().width, 140)).print(render_timeline(found))
+    terminal.console(140).print(render_timeline(found))
 
 
 def asyncapi_command(

@@ -9,19 +9,19 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from infra.db import open_database
 from infra.settings import Settings, load_settings
+from ops import terminal
 from ops.dlq_commands import known, parse_time
 from reactors import replay
 from reactors.models import ReplayMode
 from reactors.registry import reactor_named
 from reactors.replay import ReplayError, ReplayPlan, ReplaySelection, ReplayStatus
 
-console = Console(width=max(Console().width, 140))
+console = terminal.console(140)
 app = typer.Typer(
     help="Replay published events from the outbox to one reactor: backfill, or re-apply after a reset.",
     no_args_is_help=True,
@@ -52,7 +52,7 @@ def _with_database(settings: Settings, work: Callable[[async_sessionmaker[AsyncS
     try:
         return asyncio.run(run())
     except ReplayError as err:
-        console.print(f"[red]refused:[/red] {err}")
+        console.print(f"refused: {err}", style="red")
         raise typer.Exit(1) from err
 
 
@@ -64,7 +64,7 @@ def _selection(
 
 def _print_plan(plan: ReplayPlan) -> None:
     console.print(
-        f"{plan.mode} to [bold]{plan.reactor}[/bold]: {plan.total} event(s) of {plan.orders} order(s) "
+        f"{plan.mode} to {plan.reactor}: {plan.total} event(s) of {plan.orders} order(s) "
         f"({plan.selection.describe()})"
     )
     for event_type, count in sorted(plan.by_type.items()):
@@ -182,7 +182,8 @@ def list_command(
 
 
 def _follow(settings: Settings, started: ReplayStatus, wait: bool) -> None:
-    """Print the replay's status, then (with `wait`) poll until the reactor has settled it."""
+    """Print the replay's status, then (with `wait`) poll until the reactor has settled it and print its
+    final status (once: not when it was settled already)."""
     _print_status(started)
     if started.state == "failed":
         raise typer.Exit(1)
@@ -195,13 +196,13 @@ def _follow(settings: Settings, started: ReplayStatus, wait: bool) -> None:
 
         current = _with_database(settings, work)
         console.print(f"settled {current.applied + current.skipped + current.missing}/{current.total}")
-    if wait:
+    if current is not started:
         _print_status(current)
 
 
 def _print_status(status: ReplayStatus) -> None:
     console.print(
-        f"replay [bold]{status.id}[/bold]: {status.mode} to {status.reactor} by {status.requested_by} "
+        f"replay {status.id}: {status.mode} to {status.reactor} by {status.requested_by} "
         f"({status.selection}); {status.state}{', done' if status.done else ''}"
     )
     console.print(
@@ -209,4 +210,4 @@ def _print_status(status: ReplayStatus) -> None:
         f"skipped {status.skipped} (applied before), missing {status.missing}, pending {status.pending}"
     )
     if status.last_error:
-        console.print(f"  [red]stopped:[/red] {status.last_error} (order-saga replay resume {status.id})")
+        console.print(f"  stopped: {status.last_error} (order-saga replay resume {status.id})", style="red")

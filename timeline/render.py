@@ -32,7 +32,8 @@ def render_timeline(
     entries = timeline.entries if isinstance(timeline, Timeline) else tuple(timeline)
     if title is None and isinstance(timeline, Timeline):
         title = f"Order {timeline.order_id} ({timeline.workflow_id})"
-    table = Table(title=title, title_justify="left", expand=False, show_lines=False)
+    # Texts, not strings, for data: rich would read `[...]` in a detail or an id as markup and drop it.
+    table = Table(title=Text(title) if title else None, title_justify="left", expand=False, show_lines=False)
     table.add_column("time (UTC)", no_wrap=True)
     table.add_column("+ms", justify="right", no_wrap=True)
     table.add_column("source", no_wrap=True)
@@ -50,7 +51,7 @@ def render_timeline(
             Text(entry.summary, style=_style(entry.kind)),
             str(entry.attempt) if entry.attempt else "",
             _duration(entry.duration_ms),
-            entry.detail or "",
+            Text(entry.detail or ""),
         )
     if not entries:
         table.caption = "nothing recorded for this order yet"

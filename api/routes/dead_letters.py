@@ -33,7 +33,7 @@ ReactorName = Annotated[
     description="Oldest first, each with its event type, order, reason, attempts, age and failure group; "
     "filtered by failure group, event type, reason (a substring, any case), order and the time it was "
     "dead-lettered (`since` inclusive, `until` exclusive). Read in place: nothing moves. Needs `admin`.",
-    responses=problem_responses(401, 403, 404, 422, 503),
+    responses=problem_responses(401, 403, 404, 409, 422, 503),
 )
 async def list_dead_letters(
     caller: Admin,
@@ -65,7 +65,7 @@ async def list_dead_letters(
     summary="A reactor's dead letters by failure",
     description="Dead letters whose reasons differ only in ids and numbers form one group (like "
     "ServicePulse's failure groups), largest first; redrive a whole group with its id. Needs `admin`.",
-    responses=problem_responses(401, 403, 404, 422, 503),
+    responses=problem_responses(401, 403, 404, 409, 422, 503),
 )
 async def failure_groups(caller: Admin, recovery: Recoveries, reactor: ReactorName) -> FailureGroups:
     found = await recovery.dead_letters(reactor)
@@ -80,7 +80,7 @@ async def failure_groups(caller: Admin, recovery: Recoveries, reactor: ReactorNa
 @router.get(
     "/{reactor}/messages/{message_id}",
     summary="One dead letter: headers and payload",
-    responses=problem_responses(401, 403, 404, 422, 503),
+    responses=problem_responses(401, 403, 404, 409, 422, 503),
 )
 async def dead_letter(
     caller: Admin,
@@ -97,10 +97,19 @@ async def dead_letter(
     description="Sends the chosen dead letters back to that reactor's own queue (no other reactor sees "
     "them), with a fresh attempt count; each is published with a broker confirm before it leaves the "
     "DLQ, and the reactor's inbox still drops an event it applied already. Choose by ids, a failure "
-    "`group` and/or filters, or `all`; `dry_run` only counts (show that count for confirmation). "
+    "`group` and/or filters, or `all`; `dry_run` only counts (show that count for confirmation), then "
+    "send its `matched_ids` as `confirmed_ids` (or its count as `confirmed_count`): only those are "
+    "redriven, later arrivals are reported in `skipped`. One call works on the DLQ as it was when it "
+    "started, each message once. 409 `dead-letter-queue-busy` while another operator reads this DLQ. "
     "Needs `admin`.",
-    responses=problem_responses(400, 401, 403, 404, 422, 503),
+    responses=problem_responses(400, 401, 403, 404, 409, 422, 503),
 )
 async def redrive(caller: Admin, recovery: Recoveries, reactor: ReactorName, body: RedriveIn) -> RedriveOut:
-    done = await recovery.redrive(reactor, body.selection(), actor=f"api:{caller.name}", dry_run=body.dry_run)
+    done = await recovery.redrive(
+        reactor,
+        body.selection(),
+        actor=f"api:{caller.name}",
+        dry_run=body.dry_run,
+        confirmed=body.confirmed(),
+    )
     return RedriveOut.of(reactor, done)

@@ -182,13 +182,16 @@ async def publish(
     try:
         await _set_state(sessions, replay_id, PUBLISHING, None)
         while batch := await _next_chunk(sessions, replay_id):
-            sent: list[tuple[str, str, str, str | None]] = []
+            sent: list[tuple[str, str, str, str | None, datetime]] = []
             gone: list[str] = []
             try:
                 for event_id, event_type, subject, envelope, traceparent in batch:
                     if envelope is None:
                         gone.append(event_id)
                         continue
+                    # The ledger's `replayed` row is dated when the copy leaves, not when the chunk is
+                    # marked: the reactor may have received it (and said `duplicate ignored`) in between.
+                    handed_over = utcnow()
                     await publisher.publish(
                         exchange="",
                         routing_key=queue,
@@ -202,7 +205,7 @@ async def publish(
                             **({tracing.TRACEPARENT: traceparent} if traceparent else {}),
                         },
                     )
-                    sent.append((event_id, event_type, subject, traceparent))
+                    sent.append((event_id, event_type, subject, traceparent, handed_over))
             finally:
                 await _mark(sessions, replay, sent, gone)
                 published += len(sent)
@@ -317,11 +320,12 @@ async def _next_chunk(
 async def _mark(
     sessions: async_sessionmaker[AsyncSession],
     replay: ReplayStatus,
-    sent: Sequence[tuple[str, str, str, str | None]],
+    sent: Sequence[tuple[str, str, str, str | None, datetime]],
     gone: Sequence[str],
 ) -> None:
-    """One transaction: the items sent marked published, with a `replayed` ledger row each; the items
-    whose outbox row is gone settled `missing`."""
+    """One transaction: the items sent marked published, with a `replayed` ledger row each (dated when it
+    was handed to the broker, so before the reactor's rows of that copy); the items whose outbox row is
+    gone settled `missing`."""
     if not sent and not gone:
         return
     now = utcnow()
@@ -344,10 +348,10 @@ async def _mark(
                         "outcome": DeliveryOutcome.REPLAYED,
                         "attempt": 1,
                         "detail": f"replayed from the outbox ({mode} {replay.id}, by {replay.requested_by})",
-                        "created_at": now,
+                        "created_at": handed_over,
                         "trace_id": tracing.trace_id_of(traceparent),
                     }
-                    for event_id, event_type, subject, traceparent in sent
+                    for event_id, event_type, subject, traceparent, handed_over in sent
                 ],
             )
         if gone:

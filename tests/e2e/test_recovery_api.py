@@ -3,6 +3,7 @@ a dead letter group redriven; admin scope and problem documents (real RabbitMQ, 
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 
 from infra.db import Database
 from infra.settings import Settings
+from reactors.dlq import queue as dlq_queue
 from reactors.loyalty.reactor import REACTOR as LOYALTY
 from reactors.models import DeliveryOutcome
 from reactors.notification.smtp_sink import SmtpSink
@@ -152,3 +154,75 @@ async def test_the_console_recovery_actions_need_a_session_and_its_csrf_token(ap
     assert (await api.http.post("/console/replays/start", data=replay)).status_code == 403
     refused = await api.http.post("/console/replays/plan", data={**replay, "csrf_token": csrf_of(page.text)})
     assert refused.status_code == 200 and "a mail cannot be unsent" in refused.text
+
+
+async def test_a_redrive_over_http_takes_what_was_confirmed_and_a_held_dlq_is_busy(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    http, events = stack.api.http, stack.events
+    counted = [shipped_event() for _ in range(3)]
+    for event in counted:
+        await dead_letter(events, event, "loyalty", f"TimeoutError: lock timeout on {event.subject}")
+    [failure] = (await http.get("/dead-letters/loyalty/groups", headers=auth("ops"))).json()["groups"]
+    chosen = {"group": failure["id"]}
+    dry = (
+        await http.post(
+            "/dead-letters/loyalty/redrive", json={**chosen, "dry_run": True}, headers=auth("ops")
+        )
+    ).json()
+    assert (dry["matched"], dry["matched_ids"]) == (3, [event.id for event in counted])
+    arrived = [shipped_event() for _ in range(2)]  # after the dry run
+    for event in arrived:
+        await dead_letter(events, event, "loyalty", f"TimeoutError: lock timeout on {event.subject}")
+
+    done = await http.post(
+        "/dead-letters/loyalty/redrive",
+        json={**chosen, "confirmed_ids": dry["matched_ids"]},
+        headers=auth("ops"),
+    )
+    assert done.status_code == 200, done.text
+    result = done.json()
+    assert (result["matched"], result["redriven"]) == (5, dry["matched_ids"])
+    assert (result["skipped"], result["missing"]) == ([event.id for event in arrived], [])
+    left = (await http.get("/dead-letters/loyalty", headers=auth("ops"))).json()
+    assert [item["message_id"] for item in left["items"]] == [event.id for event in arrived]
+
+    # Another operator holds the DLQ: a clear 409, never part of the count.
+    monkeypatch.setattr(dlq_queue, "BUSY_WAIT_SECONDS", 0.3)
+    async with dlq_queue._exclusive(events.database.sessions, "loyalty"):
+        busy = await http.get("/dead-letters/loyalty/groups", headers=auth("ops"))
+        refused = await http.post(
+            "/dead-letters/loyalty/redrive", json={**chosen, "dry_run": True}, headers=auth("ops")
+        )
+    for answer in (busy, refused):
+        assert answer.status_code == 409, answer.text
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert answer.json()["type"] == "urn:order-saga:problem:dead-letter-queue-busy"
+        assert "another operator is reading the dead-letter queue of loyalty" in answer.json()["detail"]
+
+
+async def test_the_console_redrives_what_was_confirmed_and_says_what_it_left(stack: Stack) -> None:
+    http, events = stack.api.http, stack.events
+    counted = [shipped_event() for _ in range(3)]
+    for event in counted:
+        await dead_letter(events, event, "loyalty", f"TimeoutError: lock timeout on {event.subject}")
+    await sign_in(http)
+    page = await http.get("/console/dead-letters", params={"reactor": "loyalty"})
+    [failure] = (await http.get("/dead-letters/loyalty/groups", headers=auth("ops"))).json()["groups"]
+    chosen = {"group": failure["id"], "csrf_token": csrf_of(page.text)}
+    confirm = await http.post("/console/dead-letters/loyalty/confirm", data=chosen)
+    assert 'data-testid="redrive-count">3<' in confirm.text
+    confirmed_ids = re.search(r'name="confirmed_ids" value="([^"]*)"', confirm.text)
+    assert confirmed_ids is not None and confirmed_ids.group(1).split() == [e.id for e in counted]
+    arrived = [shipped_event() for _ in range(2)]  # while the operator reads the confirmation
+    for event in arrived:
+        await dead_letter(events, event, "loyalty", f"TimeoutError: lock timeout on {event.subject}")
+
+    done = await http.post(
+        "/console/dead-letters/loyalty/redrive", data={**chosen, "confirmed_ids": confirmed_ids.group(1)}
+    )
+    text = " ".join(re.sub(r"<[^>]+>", "", done.text).split())
+    assert "Redrove 3 dead letter(s) to loyalty, of the 3 you confirmed" in text
+    assert "2 more match now: arrived after the confirmation, left in the dead-letter queue" in text
+    left = (await http.get("/dead-letters/loyalty", headers=auth("ops"))).json()
+    assert [item["message_id"] for item in left["items"]] == [event.id for event in arrived]

@@ -206,7 +206,8 @@ async def collect(
         records.workflows.setdefault(execution.id, []).append(status)
     for reactor in REACTORS:
         records.dead_letters[reactor.name] = [
-            letter.message_id for letter in await list_dead_letters(settings, reactor.name, limit=100_000)
+            letter.message_id
+            for letter in await list_dead_letters(settings, sessions, reactor.name, limit=100_000)
         ]
     if provider_journal is not None:
         records.provider_charges, records.provider_refunds = read_provider_journal(provider_journal)

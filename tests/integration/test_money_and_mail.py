@@ -150,7 +150,7 @@ async def test_an_event_in_a_currency_without_a_minor_unit_is_dead_lettered_with
 
     await eventually(both_dead_lettered, what="XAU dead-lettered by both reactors")
     for name in ("notification", "loyalty"):
-        [letter] = await list_dead_letters(events.settings, name)
+        [letter] = await list_dead_letters(events.settings, events.database.sessions, name)
         assert letter.message_id == gold.id and "XAU has no minor unit" in letter.reason
         assert await events.ledger(name, DeliveryOutcome.RETRY_SCHEDULED) == []
     assert events.sink.messages == []
@@ -193,7 +193,7 @@ async def test_an_address_that_needs_smtputf8_fails_at_once_where_the_relay_lack
     row = await notification(strict, event.id)
     assert row.status == "failed" and row.send_attempts == 1
     assert row.last_error is not None and "SMTPUTF8" in row.last_error
-    [letter] = await list_dead_letters(strict.settings, "notification")
+    [letter] = await list_dead_letters(strict.settings, strict.database.sessions, "notification")
     assert letter.message_id == event.id and "needs SMTPUTF8" in letter.reason
     assert strict.sink.messages == []
 
@@ -219,7 +219,7 @@ async def test_a_550_goes_to_the_dlq_once_the_row_says_failed_and_a_redrive_send
     assert await strict.ledger("notification", DeliveryOutcome.RETRY_SCHEDULED) == []
     row = await notification(strict, event.id)
     assert row.status == "failed" and row.last_error is not None and "550 5.1.1" in row.last_error
-    [letter] = await list_dead_letters(strict.settings, "notification")
+    [letter] = await list_dead_letters(strict.settings, strict.database.sessions, "notification")
     assert "recipient refused" in letter.reason and "550" in letter.reason
 
     # The mailbox exists again (the script is used up): the redriven event is sent, counted afresh.
@@ -258,7 +258,7 @@ async def test_a_relay_that_always_defers_ends_failed_never_sending(strict: Even
     assert len(await strict.ledger("notification", DeliveryOutcome.RETRY_SCHEDULED)) == attempts - 1
     row = await notification(strict, event.id)
     assert (row.status, row.send_attempts) == ("failed", attempts)
-    [letter] = await list_dead_letters(strict.settings, "notification")
+    [letter] = await list_dead_letters(strict.settings, strict.database.sessions, "notification")
     assert f"gave up after {attempts} send attempt(s)" in letter.reason and "451" in letter.reason
 
 

@@ -77,7 +77,7 @@ async def test_a_backlog_with_duplicates_and_poison_is_applied_exactly_once_in_b
             DeliveryOutcome.DEAD_LETTERED: 1,
         }, reactor.name
         assert await events.count(InboxMessage, InboxMessage.consumer == reactor.name) == BURST
-        [letter] = await list_dead_letters(events.settings, reactor.name)
+        [letter] = await list_dead_letters(events.settings, events.database.sessions, reactor.name)
         assert letter.message_id == "poison"
         processed = [record for record in ledger if record.outcome == DeliveryOutcome.PROCESSED]
         assert batched(processed) > 1, f"{reactor.name} handled the backlog one message at a time"
@@ -144,7 +144,7 @@ async def test_a_transient_failure_in_a_batch_retries_that_message_and_applies_t
     assert sorted((record.subject or "", record.attempt) for record in retries) == sorted(
         [(recovers, 1), (poison, 1), (poison, 2)]
     )
-    [letter] = await list_dead_letters(events.settings, "flaky")
+    [letter] = await list_dead_letters(events.settings, events.database.sessions, "flaky")
     assert letter.order_id == poison and letter.attempts == 3
     assert await events.count(InboxMessage, InboxMessage.consumer == "flaky") == len(expected)
     # The failing messages were taken in batches, which fell back to one message at a time.

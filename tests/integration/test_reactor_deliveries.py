@@ -121,7 +121,7 @@ async def test_poison_goes_to_the_dlq_after_the_limit_while_others_flow_then_red
     assert sorted(set(applied)) == sorted(event.subject for event in good)
     retries = await events.ledger("fragile", DeliveryOutcome.RETRY_SCHEDULED)
     assert [record.attempt for record in retries] == [1, 2]  # max attempts 3: two waits, then the DLQ
-    [letter] = await list_dead_letters(events.settings, "fragile")
+    [letter] = await list_dead_letters(events.settings, events.database.sessions, "fragile")
     assert (letter.message_id, letter.order_id, letter.attempts) == (poison.id, poison.subject, 3)
     assert "gave up after 3 attempt(s)" in letter.reason and "downstream refuses" in letter.reason
 
@@ -131,7 +131,7 @@ async def test_poison_goes_to_the_dlq_after_the_limit_while_others_flow_then_red
         await redrive(events.settings, events.database.sessions, "fragile", Selection.of_ids([poison.id]))
     ).redriven == [poison.id]
     await eventually(lambda: _applied(applied, poison.subject), what="the redriven message applied")
-    assert await list_dead_letters(events.settings, "fragile") == []
+    assert await list_dead_letters(events.settings, events.database.sessions, "fragile") == []
 
     # A redriven copy of a message already applied is still deduplicated by the inbox.
     await publish(events, poison, exchange="", routing_key=events.topology.dead_letter_queue("fragile"))
@@ -169,7 +169,10 @@ async def test_permanent_errors_go_to_the_dlq_at_once(events: EventStack) -> Non
 
     await eventually(settled, what="three dead letters and one processed")
     assert await events.ledger("loyalty", DeliveryOutcome.RETRY_SCHEDULED) == []
-    letters = {letter.message_id: letter for letter in await list_dead_letters(events.settings, "loyalty")}
+    letters = {
+        letter.message_id: letter
+        for letter in await list_dead_letters(events.settings, events.database.sessions, "loyalty")
+    }
     assert sorted(letters) == ["missing-field", "not-json", "unknown-version"]
     assert {letter.attempts for letter in letters.values()} == {1}
     assert "not JSON" in letters["not-json"].reason
@@ -320,6 +323,6 @@ async def test_a_message_never_acked_is_dead_lettered_by_the_broker_after_the_de
         await close_quietly(connection, 5)
 
     assert deliveries == events.settings.reactor_delivery_limit + 1
-    [letter] = await list_dead_letters(events.settings, "loyalty")
+    [letter] = await list_dead_letters(events.settings, events.database.sessions, "loyalty")
     assert letter.message_id == event.id and letter.order_id == event.subject
     assert letter.reason.startswith("broker: delivery_limit")

@@ -59,7 +59,7 @@ async def test_a_failure_group_is_redriven_whole_and_the_other_groups_stay(event
         return len(await events.ledger("fragile", DeliveryOutcome.DEAD_LETTERED)) == 4
 
     await eventually(all_dead, what="three refused orders and one bad message dead-lettered")
-    groups = group((await scan(events.settings, "fragile")).letters)
+    groups = group((await scan(events.settings, events.database.sessions, "fragile")).letters)
     assert [g.count for g in groups] == [3, 1]
     refusals = groups[0]
     assert refusals.signature == (
@@ -71,7 +71,7 @@ async def test_a_failure_group_is_redriven_whole_and_the_other_groups_stay(event
     by_group = Selection(group=refusals.id)
     dry = await redrive(events.settings, events.database.sessions, "fragile", by_group, dry_run=True)
     assert (dry.matched, dry.redriven) == (3, [])
-    assert len(await list_dead_letters(events.settings, "fragile")) == 4
+    assert len(await list_dead_letters(events.settings, events.database.sessions, "fragile")) == 4
 
     refused.clear()  # the downstream is fixed
     done = await redrive(events.settings, events.database.sessions, "fragile", by_group, actor="alice")
@@ -81,7 +81,7 @@ async def test_a_failure_group_is_redriven_whole_and_the_other_groups_stay(event
         return len(await events.ledger("fragile", DeliveryOutcome.PROCESSED)) == 3
 
     await eventually(processed, what="the redriven group processed")
-    [left] = await list_dead_letters(events.settings, "fragile")
+    [left] = await list_dead_letters(events.settings, events.database.sessions, "fragile")
     assert left.message_id == "not-json"
     redriven = await events.ledger("fragile", DeliveryOutcome.REDRIVEN)
     assert len(redriven) == 3 and all("by alice" in (row.detail or "") for row in redriven)
@@ -105,7 +105,7 @@ async def test_a_filtered_redrive_takes_what_matches_and_a_redriven_duplicate_ha
     await dead_letter(events, applied, "loyalty", "TimeoutError: database statement timeout")
     await dead_letter(events, other, "loyalty", "TimeoutError: database statement timeout", at=old)
 
-    detail = await inspect(events.settings, "loyalty", applied.id)
+    detail = await inspect(events.settings, events.database.sessions, "loyalty", applied.id)
     assert detail is not None and detail.payload["subject"] == applied.subject
     assert detail.headers[DeadLetterHeaders.REASON] == "TimeoutError: database statement timeout"
 
@@ -124,7 +124,7 @@ async def test_a_filtered_redrive_takes_what_matches_and_a_redriven_duplicate_ha
     await eventually(ignored, what="the redriven copy deduplicated by the inbox")
     assert (await events.read(lambda s: s.get(LoyaltyBalance, "cust-dedup"))).points == 20
     assert await events.count(LoyaltyLedgerEntry, LoyaltyLedgerEntry.customer_id == "cust-dedup") == 1
-    [left] = await list_dead_letters(events.settings, "loyalty")
+    [left] = await list_dead_letters(events.settings, events.database.sessions, "loyalty")
     assert left.message_id == other.id  # outside the time range: still there
 
 
@@ -179,6 +179,17 @@ async def test_a_backfill_applies_what_the_reactor_missed_and_skips_what_it_appl
     }
     assert details[missed.subject] == f"replayed (backfill {started.id})"
     assert details[seen.subject] == f"replayed (backfill {started.id}): applied before, skipped"
+    # Causal order: the copy handed to the broker ("replayed"), then its delivery and outcome.
+    rows = sorted(
+        (r for r in await events.ledger("loyalty") if r.message_id == seen.id), key=lambda r: r.created_at
+    )
+    assert [row.outcome for row in rows] == [
+        DeliveryOutcome.RECEIVED,
+        DeliveryOutcome.PROCESSED,
+        DeliveryOutcome.REPLAYED,
+        DeliveryOutcome.RECEIVED,
+        DeliveryOutcome.DUPLICATE_IGNORED,
+    ]
 
 
 async def test_a_reapply_resets_the_effects_then_applies_once_past_the_inbox(events: EventStack) -> None:
@@ -311,6 +322,7 @@ async def test_the_cli_redrives_a_group_and_replays_an_order_to_one_reactor(even
     assert "would apply 1, skip 0 (applied before), reset first 1" in planned
     ran = await cli(events, "replay", "run", "loyalty", "--mode", "reapply", *order, "--yes")
     assert "published 1/1" in ran and "applied 1, skipped 0" in ran and "done" in ran
+    assert ran.count(", done") == 1  # the final status once
     assert await _points(events, "cust-cli-1", 20)
     refused = await cli(
         events, "replay", "run", "notification", "--mode", "reapply", *order, "--yes", status=1

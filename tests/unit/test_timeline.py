@@ -283,3 +283,22 @@ def test_a_one_row_delivery_shows_its_receipt_from_its_duration() -> None:
         DeliveryView(2, "loyalty", "e-1", "order.shipped.v1", "processed", 1, None, at(5), 250.0),
     ]
     assert [entry.kind for entry in delivery_entries(two_rows)] == ["delivery.received", "delivery.processed"]
+
+
+def test_data_in_a_rendered_timeline_prints_as_it_is_not_as_markup() -> None:
+    row = DeliveryView(
+        id=1,
+        consumer="loyalty",
+        message_id="e-1",
+        event_type="order.shipped.v1",
+        outcome="dead_lettered",
+        attempt=1,
+        detail=r"bad type [bold]x[/bold] ~ '^[a-z]+(\.[a-z_]+)+$'",
+        created_at=at(1),
+        duration_ms=None,
+    )
+    console = Console(record=True, width=200)
+    console.print(render_timeline(delivery_entries([row]), title="order [red]o-1[/red]"))
+    text = console.export_text()
+    assert r"bad type [bold]x[/bold] ~ '^[a-z]+(\.[a-z_]+)+$'" in text
+    assert "order [red]o-1[/red]" in text

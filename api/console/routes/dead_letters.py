@@ -14,8 +14,8 @@ from starlette.responses import Response
 from api.console.deps import Action, Page
 from api.console.routes.forms import actor, dead_letter_selection, selection_fields, utc
 from api.deps import Recoveries
-from api.errors import BrokerUnavailable, DeadLetterNotFound, ReactorNotFound
-from reactors.dlq import Selection, group
+from api.errors import BrokerUnavailable, DeadLetterNotFound, DeadLetterQueueBusy, ReactorNotFound
+from reactors.dlq import Confirmed, Selection, group
 from reactors.registry import REACTORS
 
 router = APIRouter(prefix="/console/dead-letters", include_in_schema=False)
@@ -58,7 +58,7 @@ async def dead_letters(
     )
     try:
         everything = await recovery.dead_letters(name)
-    except BrokerUnavailable as err:
+    except (BrokerUnavailable, DeadLetterQueueBusy) as err:
         return view.render("dead_letters.html", reactors=names, reactor=name, filters=filters, error=str(err))
     letters = [letter for letter in everything.letters if selection.matches(letter)]
     return view.render(
@@ -83,6 +83,8 @@ async def dead_letter(
 ) -> Response:
     try:
         detail = await recovery.dead_letter(reactor, message_id)
+    except DeadLetterQueueBusy as err:
+        return view.render("recovery_missing.html", status=HTTPStatus.CONFLICT, detail=str(err))
     except (ReactorNotFound, DeadLetterNotFound, BrokerUnavailable) as err:
         return view.render("recovery_missing.html", status=HTTPStatus.NOT_FOUND, detail=str(err))
     return view.render("dead_letter.html", reactor=reactor, detail=detail, now=datetime.now(UTC))
@@ -99,7 +101,7 @@ async def confirm_redrive(action: Action, recovery: Recoveries, reactor: Reactor
         )
     try:
         counted = await recovery.redrive(reactor, selection, actor=actor(action), dry_run=True)
-    except (ReactorNotFound, BrokerUnavailable) as err:
+    except (ReactorNotFound, BrokerUnavailable, DeadLetterQueueBusy) as err:
         return action.render("_redrive_outcome.html", ok=False, message=str(err))
     return action.render(
         "_redrive_confirm.html",
@@ -107,25 +109,33 @@ async def confirm_redrive(action: Action, recovery: Recoveries, reactor: Reactor
         count=counted.matched,
         described=selection.describe(),
         fields=selection_fields(form),
+        confirmed_ids=" ".join(counted.matched_ids),
     )
 
 
 @router.post("/{reactor}/redrive")
 async def redrive(action: Action, recovery: Recoveries, reactor: ReactorPath) -> Response:
-    """Redrive what the confirmed choice matches now, to that reactor only."""
+    """Redrive the dead letters the operator confirmed (the dry run's ids), to that reactor only; others
+    the choice matches now arrived after the dry run and stay in the DLQ."""
     form = await action.request.form()
     selection, everything = dead_letter_selection(form)
-    if selection.everything != everything:
+    confirmed_ids = form.get("confirmed_ids")
+    if selection.everything != everything or not isinstance(confirmed_ids, str):
         return action.render("_redrive_outcome.html", ok=False, message="Nothing chosen.")
+    confirmed = Confirmed(message_ids=frozenset(confirmed_ids.split()))
     try:
-        done = await recovery.redrive(reactor, selection, actor=actor(action), dry_run=False)
-    except (ReactorNotFound, BrokerUnavailable) as err:
+        done = await recovery.redrive(
+            reactor, selection, actor=actor(action), dry_run=False, confirmed=confirmed
+        )
+    except (ReactorNotFound, BrokerUnavailable, DeadLetterQueueBusy) as err:
         return action.render("_redrive_outcome.html", ok=False, message=str(err))
-    action.audit("redrive", reactor=reactor, selection=selection.describe(), count=len(done.redriven))
-    return action.render(
-        "_redrive_outcome.html",
-        ok=True,
-        message=f"Redrove {len(done.redriven)} dead letter(s) to {reactor}; its inbox still drops events "
-        "it applied already.",
+    action.audit(
+        "redrive",
         reactor=reactor,
+        selection=selection.describe(),
+        count=len(done.redriven),
+        skipped=len(done.skipped),
+    )
+    return action.render(
+        "_redrive_outcome.html", ok=True, reactor=reactor, done=done, confirmed=len(confirmed_ids.split())
     )
