@@ -25,7 +25,7 @@ from api.problems import ApiProblem, problem_type
 from api.queries import OrderQueries
 from api.recovery import Recovery
 from api.resources import Resources
-from api.security import Principal, Scope
+from api.security import Needs, Principal, Scope
 from observability.logs import bind_log_context
 
 
@@ -79,9 +79,9 @@ def _requires(scope: Scope) -> Callable[[Principal], Awaitable[Principal]]:
     return check
 
 
-OrderWriter = Annotated[Principal, Depends(_requires(Scope.ORDERS_WRITE))]
-OrderReader = Annotated[Principal, Depends(_requires(Scope.ORDERS_READ))]
-Admin = Annotated[Principal, Depends(_requires(Scope.ADMIN))]
+OrderWriter = Annotated[Principal, Depends(_requires(Needs.WRITE_ORDERS))]
+OrderReader = Annotated[Principal, Depends(_requires(Needs.READ_ORDERS))]
+Admin = Annotated[Principal, Depends(_requires(Needs.OPERATE))]
 
 
 async def _order_commands(resources: ResourcesDep) -> OrderCommands:

@@ -17,6 +17,18 @@ class Scope(StrEnum):
     ADMIN = "admin"
 
 
+class Needs:
+    """The scope each kind of operation needs. The REST routes (`api.deps`) and the console's pages and
+    actions (`api.console.deps`, which also need `admin` to sign in at all) both take it from here."""
+
+    # Follow and list orders, their timeline and notifications, a customer's orders.
+    READ_ORDERS = Scope.ORDERS_READ
+    # Place and cancel orders.
+    WRITE_ORDERS = Scope.ORDERS_WRITE
+    # Products, stock, analytics, dead letters, replays, the console itself.
+    OPERATE = Scope.ADMIN
+
+
 @dataclass(frozen=True)
 class Principal:
     """An authenticated caller: the name its key is configured under, and what it may do."""

@@ -39,6 +39,8 @@ def main() -> None:
             host=settings.api_host,
             port=settings.api_port,
             log_level=settings.log_level.lower(),
+            # X-Forwarded-Proto from these proxies makes a request https (the console's Secure cookie).
+            forwarded_allow_ips=settings.forwarded_allow_ips,
             # Keep the process's logging (format, correlation ids): uvicorn's loggers go to the root.
             log_config=None,
         )

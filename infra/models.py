@@ -192,3 +192,23 @@ class IdempotencyKey(Base):
     state: Mapped[str] = mapped_column(String(16))  # in_flight | completed | retryable (api.idempotency)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class ConsoleSessionRecord(Base):
+    """A signed-in operator console session (api/console/session.py).
+
+    The browser's cookie carries a random token; only its SHA-256 (`id`) is stored, so the table alone
+    cannot be used to sign in. Sign-out sets `revoked_at`; the retention deletes the row once it has
+    expired or been revoked.
+    """
+
+    __tablename__ = "console_sessions"
+    # The retention's scan (infra/retention.py).
+    __table_args__ = (Index("ix_console_sessions_expires_at", "expires_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    principal: Mapped[str] = mapped_column(String(100))
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]

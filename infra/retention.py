@@ -6,7 +6,8 @@ What goes, each after its own retention (Settings `RETENTION_*`):
 - `reactor_deliveries` rows (the per-delivery ledger the timeline shows), and with the same retention the
   operators' replays (`event_replays`, `event_replay_items`);
 - `idempotency_keys` that are finished (`completed`, `retryable`); keys in flight stay;
-- `notifications` that were sent, their bodies with them (mails still being sent stay).
+- `notifications` that were sent, their bodies with them (mails still being sent stay);
+- `console_sessions` as soon as they have expired or been revoked (they are useless then).
 
 Orders, their history, payments, shipments and the loyalty and analytics figures are business records and
 are never deleted here.
@@ -26,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, String, and_, column, delete, select, table, tuple_
+from sqlalchemy import ColumnElement, String, and_, column, delete, or_, select, table, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql.expression import TableClause
 
@@ -66,6 +67,12 @@ _idempotency = table(
 )
 _notifications = table(
     "notifications", column("event_id", String), column("status", String), column("sent_at", UTCDateTime())
+)
+_console_sessions = table(
+    "console_sessions",
+    column("id", String),
+    column("expires_at", UTCDateTime()),
+    column("revoked_at", UTCDateTime()),
 )
 
 
@@ -146,6 +153,15 @@ RULES = (
         lambda s: s.retention_notifications_days,
         lambda cutoff: and_(_notifications.c.status == "sent", _notifications.c.sent_at < cutoff),
         "sent_at",
+    ),
+    # No retention of their own: an expired or revoked session is deleted at the next run.
+    Rule(
+        "console_sessions",
+        _console_sessions,
+        ("id",),
+        lambda s: 0.0,
+        lambda cutoff: or_(_console_sessions.c.expires_at < cutoff, _console_sessions.c.revoked_at < cutoff),
+        "expires_at",
     ),
 )
 

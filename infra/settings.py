@@ -142,6 +142,9 @@ class Settings(BaseSettings):
     DEVELOPMENT_API_KEY: ClassVar[str] = "dev-orders-api-key-not-for-production"
     api_host: str = "127.0.0.1"
     api_port: Annotated[int, Field(ge=1, le=65_535)] = 8000
+    # Proxies whose X-Forwarded-Proto/-For uvicorn trusts (comma-separated addresses or networks, `*`: any):
+    # behind a proxy elsewhere than on localhost, name it so https is seen (the console's Secure cookie).
+    forwarded_allow_ips: str = "127.0.0.1"
     # The API (and its console) as operators' browsers reach it: the saga links the order's console page
     # from the Temporal Web UI (<API_PUBLIC_URL>/console/orders/<id>).
     api_public_url: str = "http://127.0.0.1:8000"
@@ -174,10 +177,8 @@ class Settings(BaseSettings):
     ] = ""
 
     # --- console: the operator console at /console (api/console)
-    # Signs the console's session cookie. Unset: a random secret per API process (sessions end when it
-    # restarts, and replicas do not share them): set one in production, the same on every replica.
-    console_session_secret: Annotated[SecretStr, Field(min_length=32)] | None = None
-    # How long a console sign-in lasts, in minutes (then the operator signs in again).
+    # How long a console sign-in lasts, in minutes (then the operator signs in again). The sessions are
+    # rows in the database (shared by every API replica, revoked at sign-out): no signing secret.
     console_session_minutes: Annotated[float, Field(gt=0, le=10_080)] = 480.0
 
     # --- observability: logs, traces, metrics
@@ -241,7 +242,6 @@ class Settings(BaseSettings):
         "temporal_tls_client_key_data",
         "temporal_tls_server_name",
         "temporal_api_key",
-        "console_session_secret",
         mode="before",
     )
     @classmethod

@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from infra.settings import Settings, load_settings
 
@@ -61,9 +63,35 @@ def prepare_var() -> None:
 
 
 def migrate(settings: Settings) -> None:
+    """Bring the database to the latest schema; exit with one line saying what to do when the database
+    does not exist or its server cannot be reached (not a traceback)."""
     config = Config(str(ROOT / "alembic.ini"))
     config.attributes["database_url"] = settings.database_url
-    command.upgrade(config, "head")
+    try:
+        command.upgrade(config, "head")
+    except (DBAPIError, OSError) as err:
+        sys.exit(database_unusable(settings.database_url, err))
+
+
+def database_unusable(database_url: str, err: BaseException) -> str:
+    """What went wrong with the database at `database_url` (shown without its password), and the fix."""
+    url = make_url(database_url)
+    shown = url.render_as_string(hide_password=True)
+    reason = str(getattr(err, "orig", None) or err) or type(err).__name__
+    if isinstance(err, DBAPIError) and "does not exist" in reason and url.database:
+        where = f"-h {url.host or '127.0.0.1'} -p {url.port or 5432}" + (
+            f" -U {url.username}" if url.username else ""
+        )
+        return (
+            f"The database {url.database!r} does not exist ({shown}): create it with "
+            f"`createdb {where} {url.database}`, or point DATABASE_URL at an existing one."
+        )
+    if isinstance(err, DBAPIError):
+        return f"The database refused the connection ({shown}): {reason}. Check DATABASE_URL."
+    return (
+        f"The database server is not reachable ({shown}): {reason}. Start PostgreSQL, "
+        "or point DATABASE_URL at a running server."
+    )
 
 
 def banner(settings: Settings) -> str:

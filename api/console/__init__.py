@@ -3,7 +3,8 @@
 Jinja2 templates (`templates/`) and htmx (`static/htmx.min.js`, vendored: see `static/README.md`) for the
 parts that refresh or act in place; no build step, and every asset is served by the app itself.
 
-Sign-in is with an API key that has the `admin` scope; the session is a signed cookie (`session.py`).
+Sign-in is with an API key that has the `admin` scope; the session is a database row named by a random
+token in a cookie, revoked at sign-out (`session.py`).
 Every state-changing request is checked for the session's CSRF token and audited with the principal
 (`deps.py`).
 
@@ -26,7 +27,12 @@ Adding a page (say the dead letters):
 
    `Page` (GET) redirects to the sign-in form when the operator is not signed in; `Action` (POST)
    answers 401/403 without a session, without the scope or without the CSRF token. Both `render`
-   with `operator`, `csrf_token`, `nav` and `current_path` set for the templates.
+   with `operator`, `csrf_token`, `nav` and `current_path` set for the templates. A page or action
+   whose REST counterpart needs more than `admin` uses the dependency with that scope
+   (`OrdersPage`/`OrdersAction`, from `api.security.Needs`). Invalid query or path parameters (declare
+   them with the REST route's constraints) and `RequestValidationError` raised by the route are shown
+   as a console page (422); a fragment polled by htmx is its page's path plus `/live` (sign-in then
+   returns to the page).
 2. A template that extends the layout: `{% extends "base.html" %}` and `{% block content %}...`.
    Plain forms that POST carry `<input type="hidden" name="csrf_token" value="{{ csrf_token }}">`;
    htmx requests (`hx-post`...) send the token as a header already (set on `<body>`). A fragment that

@@ -6,6 +6,8 @@
   scope), and the session's CSRF token sent back as the `csrf_token` form field or the `X-CSRF-Token`
   header (htmx sends the header: see `base.html`), else 403. `Action.audit(...)` logs the action with
   the principal.
+- `OrdersPage`, `OrdersAction`: the same, and the scope the REST API needs for the same read or command
+  (`api.security.Needs`: `orders:read`, `orders:write`), else 403 with a console page.
 Both render templates with the operator, the CSRF token and the navigation filled in.
 """
 
@@ -13,8 +15,9 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from http import HTTPStatus
 from typing import Annotated, Any, cast
 
@@ -22,9 +25,9 @@ from fastapi import Depends, Request
 from fastapi.templating import Jinja2Templates
 from starlette.responses import Response
 
-from api.console.session import COOKIE, ConsoleSession, SessionCodec
+from api.console.session import ConsoleSession, SessionStore
 from api.deps import ResourcesDep
-from api.security import Principal, Scope
+from api.security import Needs, Principal, Scope
 
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
@@ -51,7 +54,7 @@ class NavItem:
 class ConsoleState:
     """Built by `api.console.install_console`, kept on `app.state.console`."""
 
-    codec: SessionCodec
+    session_lifetime: timedelta
     templates: Jinja2Templates
     nav: tuple[NavItem, ...]
     temporal_ui_url: str
@@ -91,8 +94,15 @@ def is_htmx(request: Request) -> bool:
     return request.headers.get("HX-Request") == "true"
 
 
-def current_session(request: Request, state: StateDep) -> ConsoleSession | None:
-    return state.codec.read(request.cookies.get(COOKIE))
+async def session_store(state: StateDep, resources: ResourcesDep) -> SessionStore:
+    return SessionStore(resources.database.sessions, state.session_lifetime)
+
+
+StoreDep = Annotated[SessionStore, Depends(session_store)]
+
+
+async def current_session(request: Request, store: StoreDep) -> ConsoleSession | None:
+    return await store.read(request)
 
 
 SessionDep = Annotated[ConsoleSession | None, Depends(current_session)]
@@ -125,16 +135,29 @@ def _operator(resources: ResourcesDep, session: ConsoleSession | None) -> Princi
     if session is None or session.principal is None:
         return None
     principal = resources.key_ring.principal_named(session.principal)
-    if principal is None or Scope.ADMIN not in principal.scopes:
+    if principal is None or Needs.OPERATE not in principal.scopes:
         return None
     return principal
 
 
-def _page(request: Request, state: StateDep, resources: ResourcesDep, session: SessionDep) -> ConsoleView:
-    principal = _operator(resources, session)
-    if principal is None or session is None:
-        raise SignInRequired()
-    return ConsoleView(request, state, session, principal)
+def _lacking(principal: Principal, needs: Scope | None) -> ConsoleRefusal | None:
+    if needs is None or needs in principal.scopes:
+        return None
+    return ConsoleRefusal(HTTPStatus.FORBIDDEN, f"this needs the `{needs}` scope, as in the REST API")
+
+
+def _page(needs: Scope | None) -> Callable[..., Awaitable[ConsoleView]]:
+    async def page(
+        request: Request, state: StateDep, resources: ResourcesDep, session: SessionDep
+    ) -> ConsoleView:
+        principal = _operator(resources, session)
+        if principal is None or session is None:
+            raise SignInRequired()
+        if refusal := _lacking(principal, needs):
+            raise refusal
+        return ConsoleView(request, state, session, principal)
+
+    return page
 
 
 @dataclass
@@ -178,19 +201,27 @@ def csrf_matches(session: ConsoleSession, presented: str | None) -> bool:
     return presented is not None and hmac.compare_digest(presented.encode(), session.csrf_token.encode())
 
 
-async def _action(
-    request: Request, state: StateDep, resources: ResourcesDep, session: SessionDep
-) -> ConsoleAction:
-    if session is None or session.principal is None:
-        raise ConsoleRefusal(HTTPStatus.UNAUTHORIZED, "sign in to the console first")
-    principal = _operator(resources, session)
-    if principal is None:
-        raise ConsoleRefusal(HTTPStatus.FORBIDDEN, "this key no longer has the `admin` scope")
-    if not csrf_matches(session, await presented_csrf_token(request)):
-        audit_log.warning("console action refused: no valid CSRF token (principal %s)", principal.name)
-        raise ConsoleRefusal(HTTPStatus.FORBIDDEN, "missing or invalid CSRF token: reload the page")
-    return ConsoleAction(request, state, session, principal)
+def _action(needs: Scope | None) -> Callable[..., Awaitable[ConsoleAction]]:
+    async def action(
+        request: Request, state: StateDep, resources: ResourcesDep, session: SessionDep
+    ) -> ConsoleAction:
+        if session is None or session.principal is None:
+            raise ConsoleRefusal(HTTPStatus.UNAUTHORIZED, "sign in to the console first")
+        principal = _operator(resources, session)
+        if principal is None:
+            raise ConsoleRefusal(HTTPStatus.FORBIDDEN, "this key no longer has the `admin` scope")
+        if refusal := _lacking(principal, needs):
+            raise refusal
+        if not csrf_matches(session, await presented_csrf_token(request)):
+            audit_log.warning("console action refused: no valid CSRF token (principal %s)", principal.name)
+            raise ConsoleRefusal(HTTPStatus.FORBIDDEN, "missing or invalid CSRF token: reload the page")
+        return ConsoleAction(request, state, session, principal)
+
+    return action
 
 
-Page = Annotated[ConsoleView, Depends(_page)]
-Action = Annotated[ConsoleAction, Depends(_action)]
+# Console access needs `admin`; the orders' pages and actions also need what their REST routes need.
+Page = Annotated[ConsoleView, Depends(_page(None))]
+Action = Annotated[ConsoleAction, Depends(_action(None))]
+OrdersPage = Annotated[ConsoleView, Depends(_page(Needs.READ_ORDERS))]
+OrdersAction = Annotated[ConsoleAction, Depends(_action(Needs.WRITE_ORDERS))]

@@ -23,9 +23,10 @@ def csrf_of(page: str) -> str:
     return match.group(1)
 
 
-async def sign_in(http: httpx.AsyncClient, principal: str = "ops") -> httpx.Response:
-    """Sign the client in as `principal` (of `PRINCIPALS`; "ops" has the admin scope): the session cookie
-    stays in the client. Returns the sign-in's answer (303 to /console/orders when accepted)."""
+async def sign_in(http: httpx.AsyncClient, principal: str = "everything") -> httpx.Response:
+    """Sign the client in as `principal` (of `PRINCIPALS`; "everything" has every scope, "ops" only
+    `admin`): the session cookie stays in the client. Returns the sign-in's answer (303 to
+    /console/orders when accepted)."""
     form = await http.get("/console/sign-in")
     assert form.status_code == HTTPStatus.OK
     return await http.post(

@@ -86,6 +86,17 @@ def notification_row(event_id: str, status: str, at: datetime) -> dict[str, Any]
     }
 
 
+def console_session_row(name: str, *, expires_at: datetime, revoked: bool = False) -> dict[str, Any]:
+    return {
+        "id": name,
+        "principal": "ops",
+        "csrf_token": "t",
+        "created_at": OLD,
+        "expires_at": expires_at,
+        "revoked_at": NOW - timedelta(minutes=1) if revoked else None,
+    }
+
+
 async def insert_rows(database: Database, model: Any, rows: list[dict[str, Any]]) -> None:
     async with database.sessions() as session, session.begin():
         await session.execute(insert(model), rows)
@@ -135,6 +146,15 @@ async def test_expired_rows_go_and_what_is_still_needed_stays(database: tuple[Se
             notification_row("young-sent", "sent", YOUNG),
         ],
     )
+    await insert_rows(
+        db,
+        models.ConsoleSessionRecord,
+        [
+            console_session_row("expired", expires_at=NOW - timedelta(seconds=1)),
+            console_session_row("signed-out", expires_at=NOW + timedelta(hours=1), revoked=True),
+            console_session_row("live", expires_at=NOW + timedelta(hours=1)),
+        ],
+    )
     report = await run_retention(db.sessions, settings, now=NOW)
 
     assert await remaining(db, OutboxEvent.id) == {"young-published", "old-pending"}
@@ -142,6 +162,8 @@ async def test_expired_rows_go_and_what_is_still_needed_stays(database: tuple[Se
     assert await remaining(db, DeliveryRecord.message_id) == {"young"}
     assert await remaining(db, models.IdempotencyKey.key) == {"old-in-flight", "young-completed"}
     assert await remaining(db, Notification.event_id) == {"old-sending", "young-sent"}
+    # A console session goes as soon as it has expired or been signed out of.
+    assert await remaining(db, models.ConsoleSessionRecord.id) == {"live"}
     assert report.deleted == {
         "outbox": 5,
         "inbox": 5,
@@ -150,6 +172,7 @@ async def test_expired_rows_go_and_what_is_still_needed_stays(database: tuple[Se
         "replays": 0,
         "idempotency_keys": 2,
         "notifications": 1,
+        "console_sessions": 2,
     }
     assert report.batches >= 3 * 3  # five rows in batches of two: three batches for each of three tables
     # A second run finds nothing more.

@@ -28,3 +28,15 @@ def test_banner_shows_the_urls_and_the_development_key() -> None:
     assert "http://127.0.0.1:8000" in banner and "http://127.0.0.1:8233" in banner
     assert "http://127.0.0.1:8000/console" in banner
     assert f"Bearer {Settings.DEVELOPMENT_API_KEY}" in banner
+
+
+def test_an_unreachable_database_server_exits_with_one_line_naming_it_without_its_password() -> None:
+    # Port 1 on loopback refuses at once: nothing listens there.
+    settings = load_settings(database_url="postgresql+asyncpg://orders:s3cret@127.0.0.1:1/orders")
+
+    with pytest.raises(SystemExit) as exit_:
+        local_stack.migrate(settings)
+
+    message = str(exit_.value.code)
+    assert "not reachable" in message and "postgresql+asyncpg://orders:***@127.0.0.1:1/orders" in message
+    assert "s3cret" not in message and "DATABASE_URL" in message and "\n" not in message

@@ -16,6 +16,7 @@ from api.console.deps import (
     ConsoleView,
     SessionDep,
     StateDep,
+    StoreDep,
     audit_log,
     csrf_matches,
     is_secure,
@@ -45,14 +46,16 @@ async def console_home() -> Response:
 async def sign_in_form(
     request: Request,
     state: StateDep,
+    store: StoreDep,
     session: SessionDep,
     next_: Annotated[str | None, Query(alias="next", max_length=2_000)] = None,
 ) -> Response:
-    # An anonymous session carries the sign-in form's CSRF token (login CSRF).
-    session = session or state.codec.issue()
+    # The sign-in form's CSRF token (login CSRF): the session's, or one in a cookie of its own.
+    session = session or store.anonymous()
     view = ConsoleView(request, state, session, principal=None)
     response = view.render("sign_in.html", next=_safe_next(next_), error=None)
-    state.codec.store(response, session, secure=is_secure(request))
+    if not session.signed_in:
+        store.store(response, session, secure=is_secure(request))
     return response
 
 
@@ -60,6 +63,7 @@ async def sign_in_form(
 async def sign_in(
     request: Request,
     state: StateDep,
+    store: StoreDep,
     resources: ResourcesDep,
     session: SessionDep,
     api_key: Annotated[str, Form(max_length=200)],
@@ -69,7 +73,7 @@ async def sign_in(
     target = _safe_next(next_)
     if session is None or not csrf_matches(session, csrf_token):
         audit_log.warning("console sign-in refused: no valid CSRF token")
-        fresh = state.codec.issue()
+        fresh = store.anonymous()
         view = ConsoleView(request, state, fresh, principal=None)
         response = view.render(
             "sign_in.html",
@@ -77,7 +81,7 @@ async def sign_in(
             next=target,
             error="The form expired: sign in again.",
         )
-        state.codec.store(response, fresh, secure=is_secure(request))
+        store.store(response, fresh, secure=is_secure(request))
         return response
     principal = resources.key_ring.authenticate(api_key)
     if principal is None or Scope.ADMIN not in principal.scopes:
@@ -89,16 +93,20 @@ async def sign_in(
         )
         view = ConsoleView(request, state, session, principal=None)
         return view.render("sign_in.html", status=status, next=target, error=error)
-    signed_in = state.codec.issue(principal.name)
+    if session.signed_in:
+        await store.revoke(session)  # signing in again, maybe as someone else: the old session ends
+    signed_in = await store.open(principal.name)
     audit_log.info("console action sign-in by %s", principal.name)
     response = RedirectResponse(target, status_code=HTTPStatus.SEE_OTHER)
-    state.codec.store(response, signed_in, secure=is_secure(request))
+    store.store(response, signed_in, secure=is_secure(request))
     return response
 
 
 @router.post("/sign-out")
-async def sign_out(action: Action) -> Response:
+async def sign_out(action: Action, store: StoreDep) -> Response:
+    """Revoke the session in the database (its cookie, even copied, is refused from now on)."""
+    await store.revoke(action.session)
     action.audit("sign-out")
     response = RedirectResponse(SIGN_IN_PATH, status_code=HTTPStatus.SEE_OTHER)
-    action.state.codec.clear(response, secure=is_secure(action.request))
+    store.clear(response, secure=is_secure(action.request))
     return response

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Path, Query
 from starlette.responses import Response
 
 from api.console.deps import Action, Page
-from api.console.routes.forms import actor, dead_letter_selection, selection_fields, utc
+from api.console.routes.forms import actor, dead_letter_selection, selection_fields, time_bound
 from api.deps import Recoveries
 from api.errors import BrokerUnavailable, DeadLetterNotFound, DeadLetterQueueBusy, ReactorNotFound
 from reactors.dlq import Confirmed, Selection, group
@@ -53,8 +53,8 @@ async def dead_letters(
         event_type=event_type or None,
         reason=reason or None,
         order_id=order_id or None,
-        since=utc(since),
-        until=utc(until),
+        since=time_bound("since", since),
+        until=time_bound("until", until, end=True),
     )
     try:
         everything = await recovery.dead_letters(name)

@@ -4,26 +4,53 @@ bodies have them (`api.recovery_schemas`), from form fields (`datetime-local` in
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
+from fastapi.exceptions import RequestValidationError
+from pydantic import TypeAdapter, ValidationError
 from starlette.datastructures import FormData
 
 from api.console.deps import ConsoleAction
+from api.recovery_schemas import ReplayIn
 from reactors.dlq import Selection
 from reactors.replay import ReplaySelection
 
-_FIELDS = ("group", "event_type", "reason", "order_id", "since", "until")
+_MOMENT = TypeAdapter(datetime)
 
 
-def utc(value: str | None) -> datetime | None:
-    """A `datetime-local` value (no zone) read as UTC; None when empty or not a time."""
-    if not value:
+def blank_is_none(value: Any) -> Any:
+    """An empty form field is no value (a filter left blank), not an invalid one."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+def time_bound(name: str, value: str | None, *, end: bool = False) -> datetime | None:
+    """A `datetime-local` value (no zone: UTC), parsed as the REST API parses times; None when empty.
+
+    `end`: the upper bound of a range, inclusive to the second (the inputs have `step="1"`): returned
+    as the exclusive bound the queries take, the next second. Raises `RequestValidationError` (a
+    console page, 422) when the value is not a time.
+    """
+    if not value or not value.strip():
         return None
     try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        moment = _MOMENT.validate_python(value.strip())
+    except ValidationError as err:
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ("query", name),
+                    "msg": f"not a time: {value!r} (YYYY-MM-DDTHH:MM:SS, UTC)",
+                    "type": err.errors()[0]["type"],
+                }
+            ]
+        ) from err
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return moment.replace(microsecond=0) + timedelta(seconds=1) if end else moment
+
+
+_FIELDS = ("group", "event_type", "reason", "order_id", "since", "until")
 
 
 def _text(form: FormData, name: str) -> str | None:
@@ -40,8 +67,8 @@ def dead_letter_selection(form: FormData) -> tuple[Selection, bool]:
         event_type=_text(form, "event_type"),
         reason=_text(form, "reason"),
         order_id=_text(form, "order_id"),
-        since=utc(_text(form, "since")),
-        until=utc(_text(form, "until")),
+        since=time_bound("since", _text(form, "since")),
+        until=time_bound("until", _text(form, "until"), end=True),
     )
     return selection, form.get("all") == "1"
 
@@ -59,12 +86,40 @@ def order_ids(text: str | None) -> tuple[str, ...]:
 
 
 def replay_selection(form: FormData) -> ReplaySelection:
-    return ReplaySelection(
-        order_ids=order_ids(_text(form, "order_ids")),
-        event_type=_text(form, "event_type"),
-        since=utc(_text(form, "since")),
-        until=utc(_text(form, "until")),
-    )
+    """The replay the form describes, validated as `POST /replays` validates its body (`ReplayIn`), and
+    each order id a UUID; raises `RequestValidationError` (shown as a console page, 422)."""
+    ids = order_ids(_text(form, "order_ids"))
+    for position, order_id in enumerate(ids):
+        if not _is_uuid(order_id):
+            raise RequestValidationError(
+                [
+                    {
+                        "loc": ("body", "order_ids", position),
+                        "msg": f"not an order id: {order_id!r}",
+                        "type": "uuid_parsing",
+                    }
+                ]
+            )
+    try:
+        body = ReplayIn(
+            reactor=str(form.get("reactor", "")),
+            mode=str(form.get("mode", "")),  # pydantic validates it
+            order_ids=list(ids),
+            event_type=_text(form, "event_type"),
+            since=time_bound("since", _text(form, "since")),
+            until=time_bound("until", _text(form, "until"), end=True),
+        )
+    except ValidationError as err:
+        raise RequestValidationError(err.errors()) from err
+    return body.selection()
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
 
 
 def actor(action: ConsoleAction) -> str:

@@ -4,20 +4,25 @@ and cancel, through the same query and command code as the REST API (`api.querie
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from typing import Annotated, Any
-from urllib.parse import urlencode
+from urllib.parse import quote, unquote, urlencode
 
 from fastapi import APIRouter, Path, Query
+from pydantic import BeforeValidator
 from starlette.responses import RedirectResponse, Response
 
-from api.console.deps import Action, ConsoleView, Page, is_htmx
+from api.console.deps import ConsoleView, OrdersAction, OrdersPage, is_htmx, is_secure
 from api.console.journey import build_journey
+from api.console.routes.forms import blank_is_none, time_bound
+from api.console.session import COOKIE_PATH
 from api.deps import Commands, Queries
 from api.errors import CancelRefused, OrderNotFound
+from api.fields import CURSOR_PATTERN, CUSTOMER_ID_PATTERN
 from api.pagination import InvalidCursor
-from api.schemas import OrderOut
+from api.schemas import OrderOut, TimelineEntryOut
 from domain.model import OrderStatus, workflow_id_for
 from observability.logs import bind_log_context
 from reactors.registry import REACTORS
@@ -31,36 +36,35 @@ CANCELLABLE = frozenset({OrderStatus.PLACED, OrderStatus.INVENTORY_RESERVED, Ord
 # How long after its last entry an ended order's page keeps refreshing (for the reactors' deliveries).
 SETTLE = timedelta(seconds=10)
 OrderIdPath = Annotated[str, Path(max_length=64)]
-
-
-def _utc(value: str | None) -> datetime | None:
-    """A `datetime-local` input (no zone), read as UTC; None when empty or not a time."""
-    if not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+# The cancel's outcome, carried over the redirect of a cancel posted without JavaScript (read once).
+FLASH_COOKIE = "order_saga_console_flash"
 
 
 @router.get("")
 async def search_orders(
-    view: Page,
+    view: OrdersPage,
     queries: Queries,
     order_id: Annotated[str, Query(max_length=64)] = "",
-    customer_id: Annotated[str, Query(max_length=64)] = "",
-    status: Annotated[str, Query(max_length=32)] = "",
+    # The REST list's validation (`GET /orders`); an empty form field is no filter.
+    customer_id: Annotated[
+        str | None, Query(pattern=CUSTOMER_ID_PATTERN, max_length=64), BeforeValidator(blank_is_none)
+    ] = None,
+    status: Annotated[OrderStatus | None, Query(), BeforeValidator(blank_is_none)] = None,
     created_from: Annotated[str, Query(max_length=32)] = "",
     created_to: Annotated[str, Query(max_length=32)] = "",
-    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    cursor: Annotated[str | None, Query(pattern=CURSOR_PATTERN), BeforeValidator(blank_is_none)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = PAGE_SIZE,
 ) -> Response:
-    """The orders, newest first, filtered; an order id goes straight to that order's page."""
+    """The orders, newest first, filtered; an order id goes straight to that order's page.
+
+    `created_to` is inclusive to the second (the inputs' precision). Invalid filters: 422, a console page.
+    """
+    after = time_bound("created_from", created_from)
+    before = time_bound("created_to", created_to, end=True)
     filters = {
         "order_id": order_id.strip(),
-        "customer_id": customer_id.strip(),
-        "status": status if status in OrderStatus.__members__ else "",
+        "customer_id": customer_id or "",
+        "status": status.value if status else "",
         "created_from": created_from,
         "created_to": created_to,
     }
@@ -69,28 +73,51 @@ async def search_orders(
         if found is not None:
             return RedirectResponse(f"/console/orders/{found.order_id}", status_code=HTTPStatus.SEE_OTHER)
         return view.render(
-            "orders.html", page=None, filters=filters, next_url=None, notice="No order with that id."
+            "orders.html",
+            page=None,
+            filters=filters,
+            next_url=None,
+            first_url=None,
+            notice="No order with that id.",
         )
     try:
         page = await queries.orders(
-            status=OrderStatus(filters["status"]) if filters["status"] else None,
-            customer_id=filters["customer_id"] or None,
+            status=status,
+            customer_id=customer_id,
             limit=limit,
             cursor=cursor,
-            created_from=_utc(created_from),
-            created_before=_utc(created_to),
+            created_from=after,
+            created_before=before,
         )
     except InvalidCursor:
         return view.render(
-            "orders.html", page=None, filters=filters, next_url=None, notice="Invalid page link."
+            "orders.html",
+            status=HTTPStatus.BAD_REQUEST,
+            page=None,
+            filters=filters,
+            next_url=None,
+            first_url=_page_url(filters, limit, None),
+            notice="Invalid page link.",
         )
-    next_url = None
-    if page.next_cursor:
-        query = {key: value for key, value in filters.items() if value} | {"cursor": page.next_cursor}
-        if limit != PAGE_SIZE:
-            query["limit"] = str(limit)
-        next_url = f"/console/orders?{urlencode(query)}"
-    return view.render("orders.html", page=page, filters=filters, next_url=next_url, notice=None)
+    return view.render(
+        "orders.html",
+        page=page,
+        filters=filters,
+        next_url=_page_url(filters, limit, page.next_cursor) if page.next_cursor else None,
+        # Keyset pages only go forward: the way back is to the newest.
+        first_url=_page_url(filters, limit, None) if cursor else None,
+        notice=None,
+    )
+
+
+def _page_url(filters: dict[str, str], limit: int, cursor: str | None) -> str:
+    """The orders list with these filters, from `cursor` (None: the newest)."""
+    query = {key: value for key, value in filters.items() if value}
+    if cursor:
+        query["cursor"] = cursor
+    if limit != PAGE_SIZE:
+        query["limit"] = str(limit)
+    return f"/console/orders?{urlencode(query)}" if query else "/console/orders"
 
 
 async def _find(queries: Queries, order_id: str) -> OrderOut | None:
@@ -108,7 +135,7 @@ async def _order_context(view: ConsoleView, queries: Queries, order_id: str) -> 
     bind_log_context(order_id=canonical)
     timeline = await queries.timeline(canonical)
     now = datetime.now(UTC)
-    journey = build_journey(timeline.entries, [r.name for r in REACTORS], now=now)
+    journey = build_journey(timeline.entries, _subscribed(timeline.entries, order.status), now=now)
     # Reactors receive the closing event a moment after the saga ends: keep refreshing a little longer.
     settling = journey.end is None or now - journey.end < SETTLE
     return {
@@ -121,16 +148,31 @@ async def _order_context(view: ConsoleView, queries: Queries, order_id: str) -> 
     }
 
 
+def _subscribed(entries: Sequence[TimelineEntryOut], status: OrderStatus) -> list[str]:
+    """The reactors that get a lane: every one while the order goes on (its next events may concern
+    them), then those bound to an event the order recorded (a lane of its own for what one did anyway)."""
+    if not status.is_terminal:
+        return [r.name for r in REACTORS]
+    recorded = {
+        e.summary.split(" ", 1)[0] for e in entries if e.source == "outbox" and e.kind == "event.recorded"
+    }
+    return [r.name for r in REACTORS if recorded & set(r.routing_keys)]
+
+
 @router.get("/{order_id}")
-async def order_page(view: Page, queries: Queries, order_id: OrderIdPath) -> Response:
+async def order_page(view: OrdersPage, queries: Queries, order_id: OrderIdPath) -> Response:
     context = await _order_context(view, queries, order_id)
     if context is None:
         return view.render("not_found.html", status=HTTPStatus.NOT_FOUND, order_id=order_id)
-    return view.render("order.html", **context)
+    flash = view.request.cookies.get(FLASH_COOKIE)
+    response = view.render("order.html", flash=unquote(flash)[:500] if flash else None, **context)
+    if flash:
+        response.delete_cookie(FLASH_COOKIE, path=COOKIE_PATH, httponly=True, samesite="strict")
+    return response
 
 
 @router.get("/{order_id}/live")
-async def order_live(view: Page, queries: Queries, order_id: OrderIdPath) -> Response:
+async def order_live(view: OrdersPage, queries: Queries, order_id: OrderIdPath) -> Response:
     """The order's status, actions and journey (the page polls it while the order is in flight)."""
     context = await _order_context(view, queries, order_id)
     if context is None:
@@ -140,7 +182,7 @@ async def order_live(view: Page, queries: Queries, order_id: OrderIdPath) -> Res
 
 @router.post("/{order_id}/cancel")
 async def cancel_order(
-    action: Action, commands: Commands, queries: Queries, order_id: OrderIdPath
+    action: OrdersAction, commands: Commands, queries: Queries, order_id: OrderIdPath
 ) -> Response:
     """Cancel through the REST cancel's command; the answer says whether the saga accepted it."""
     found = await _find(queries, order_id)
@@ -159,5 +201,16 @@ async def cancel_order(
         outcome, ok = f"Cancel refused: {refused}", False
     action.audit("cancel-order", order_id=canonical, accepted=ok)
     if not is_htmx(action.request):
-        return RedirectResponse(f"/console/orders/{canonical}", status_code=HTTPStatus.SEE_OTHER)
+        # Without JavaScript: back to the order's page, which shows the outcome once.
+        response = RedirectResponse(f"/console/orders/{canonical}", status_code=HTTPStatus.SEE_OTHER)
+        response.set_cookie(
+            FLASH_COOKIE,
+            quote(outcome),
+            max_age=60,
+            path=COOKIE_PATH,
+            secure=is_secure(action.request),
+            httponly=True,
+            samesite="strict",
+        )
+        return response
     return action.render("_cancel_outcome.html", outcome=outcome, ok=ok)
