@@ -108,7 +108,7 @@ async def test_a_wave_with_a_refused_and_a_deferred_mail_commits_the_others_toge
     assert max(Counter(r.created_at for r in first_tries).values()) > 1
     [retried] = [r for r in ledger if r.outcome == DeliveryOutcome.RETRY_SCHEDULED]
     assert retried.message_id == events[6].id and "451" in (retried.detail or "")
-    [letter] = await list_dead_letters(scripted.settings, "notification")
+    [letter] = await list_dead_letters(scripted.settings, scripted.database.sessions, "notification")
     assert letter.message_id == events[3].id and "550" in letter.reason
 
     by_id = await rows(scripted)
