@@ -18,7 +18,8 @@ from infra.settings import load_settings
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):
-    fileConfig(config.config_file_name)
+    # Run in-process too (`make run`'s migrate, tests): never silence the loggers that already exist.
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 target_metadata = Base.metadata
 

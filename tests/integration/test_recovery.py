@@ -179,17 +179,18 @@ async def test_a_backfill_applies_what_the_reactor_missed_and_skips_what_it_appl
     }
     assert details[missed.subject] == f"replayed (backfill {started.id})"
     assert details[seen.subject] == f"replayed (backfill {started.id}): applied before, skipped"
-    # Causal order: the copy handed to the broker ("replayed"), then its delivery and outcome.
+    # Causal order: the copy handed to the broker ("replayed"), then its delivery (one ledger row: the
+    # outcome, received `duration_ms` before it).
     rows = sorted(
         (r for r in await events.ledger("loyalty") if r.message_id == seen.id), key=lambda r: r.created_at
     )
     assert [row.outcome for row in rows] == [
-        DeliveryOutcome.RECEIVED,
         DeliveryOutcome.PROCESSED,
         DeliveryOutcome.REPLAYED,
-        DeliveryOutcome.RECEIVED,
         DeliveryOutcome.DUPLICATE_IGNORED,
     ]
+    _, handed, ignored = rows
+    assert ignored.created_at - timedelta(milliseconds=ignored.duration_ms or 0) >= handed.created_at
 
 
 async def test_a_reapply_resets_the_effects_then_applies_once_past_the_inbox(events: EventStack) -> None:

@@ -297,7 +297,8 @@ async def test_postgres_sslmode_is_honoured() -> None:
 
 
 @pytest.mark.unit
-def test_amqps_url_carries_the_ca_and_client_certificate() -> None:
+async def test_amqps_url_carries_the_ca_and_client_certificate() -> None:
+    # Built on a running loop: aiormq takes the current one (a sync test would depend on leftover state).
     connection = aiormq.Connection(
         "amqps://relay:pw@broker.internal/?cafile=/etc/ca.pem&certfile=/etc/c.pem&keyfile=/etc/c.key"
     )
