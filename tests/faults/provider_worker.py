@@ -52,10 +52,27 @@ class JournaledPaymentGateway(SimulatedPaymentGateway):
         super().__init__(0.0)
         self._journal = journal
         self._half_latency = latency_seconds / 2
-        for line in journal.read_text().splitlines() if journal.exists() else []:
+        self._read_up_to = 0
+        self._catch_up()
+
+    def _catch_up(self) -> None:
+        """Read what the journal gained since the last call. The journal is the provider's record, shared by
+        every worker replica: a charge one replica made (and died before recording) is known to the others."""
+        if not self._journal.exists():
+            return
+        with self._journal.open("rb") as journal:
+            journal.seek(self._read_up_to)
+            chunk = journal.read()
+        complete = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written is read next time
+        self._read_up_to += len(complete)
+        for line in complete.decode().splitlines():
             entry = json.loads(line)
             record: Any = (ChargeRequest if entry["kind"] == "charge" else RefundRequest)(**entry["request"])
             (self.charges if entry["kind"] == "charge" else self.refunds).setdefault(entry["key"], record)
+
+    async def find_charge(self, idempotency_key: str) -> str | None:
+        self._catch_up()
+        return await super().find_charge(idempotency_key)
 
     def _append(self, kind: str, key: str, amount: int, request: dict[str, Any]) -> None:
         line = json.dumps({"kind": kind, "key": key, "amount": amount, "request": request}) + "\n"
@@ -66,6 +83,7 @@ class JournaledPaymentGateway(SimulatedPaymentGateway):
 
     async def charge(self, request: ChargeRequest) -> str:
         if request.token == TOKEN_ANSWER_LOST:
+            self._catch_up()
             if request.idempotency_key not in self.charges:
                 self.charges[request.idempotency_key] = request
                 self._append("charge", request.idempotency_key, request.amount, asdict(request))
@@ -74,6 +92,7 @@ class JournaledPaymentGateway(SimulatedPaymentGateway):
             await asyncio.sleep(LATE_CHARGE_SECONDS)
             request = replace(request, token="tok_ok")
         await asyncio.sleep(self._half_latency)  # the request travelling to the provider
+        self._catch_up()
         known = request.idempotency_key in self.charges
         reference = await super().charge(request)  # raises when declined or (flaky) unavailable
         if not known:
@@ -82,6 +101,7 @@ class JournaledPaymentGateway(SimulatedPaymentGateway):
         return reference
 
     async def refund(self, request: RefundRequest) -> str:
+        self._catch_up()
         known = request.idempotency_key in self.refunds
         reference = await super().refund(request)
         if not known:
