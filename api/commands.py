@@ -16,7 +16,7 @@ from api.schemas import CancelAccepted, PlaceOrderIn
 from api.security import Principal
 from domain.errors import InvalidOrder, UnknownProduct
 from domain.model import Money, OrderStatus, PlaceOrder, RequestedItem, ShippingAddress
-from infra.orders import insert_order
+from infra.orders import insert_order, order_total
 from observability.logs import bind_log_context
 from observability.metrics import metrics
 from orchestrator.client import console_order_url, request_cancel, start_saga
@@ -58,7 +58,7 @@ class OrderCommands:
         started: retry).
         """
 
-        total: Money | None = None  # None when a retry resumes a claim whose first request died
+        total: Money | None = None  # set by `record`, when this request writes the order
 
         async def record(conn: AsyncConnection, order_id: str) -> None:
             nonlocal total
@@ -75,6 +75,8 @@ class OrderCommands:
             metrics().orders_placed.inc()
         if claim.replay:
             return PlacedOrder(claim.order_id, claim.status, replayed=True)
+        if total is None:  # a retry resuming a claim whose first request died after the order's commit
+            total = await order_total(self._sessions, claim.order_id)
         try:
             await start_saga(
                 self._temporal,

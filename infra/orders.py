@@ -122,6 +122,17 @@ async def create_order(
         raise
 
 
+async def order_total(session_factory: async_sessionmaker[AsyncSession], order_id: str) -> Money | None:
+    """The recorded order's total, or None for an unknown order."""
+    async with engine_of(session_factory).connect() as conn:
+        row = (
+            await conn.execute(
+                select(models.Order.total_amount, models.Order.currency).where(models.Order.id == order_id)
+            )
+        ).first()
+    return Money(row.total_amount, row.currency) if row is not None else None
+
+
 async def _exists(conn: AsyncConnection, order_id: str) -> bool:
     return await conn.scalar(select(models.Order.id).where(models.Order.id == order_id)) is not None
 

@@ -346,6 +346,10 @@ async def test_a_process_that_dies_between_the_commit_and_the_start_is_finished_
     assert answer["status"] == "PLACED" or after_start
     assert asked == [order_id, order_id]
     await assert_one_order_and_one_saga(api, order_id)
+    # The saga the retry started knows the order's amount too (the Web UI's summaries show it).
+    history = await api.temporal_env.client.get_workflow_handle(f"order-{order_id}").fetch_history()
+    [saga] = history.events[0].workflow_execution_started_event_attributes.input.payloads
+    assert json.loads(saga.data)["total"] is not None
 
 
 async def test_a_key_being_taken_over_is_a_conflict_at_once(

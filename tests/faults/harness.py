@@ -718,19 +718,30 @@ class FaultRun:
         marker = self.workdir / f"relay-confirmed-{self.faults[RELAY_KILL]}.txt"
         marker.unlink(missing_ok=True)
         await stack.kill("relay")
+        # Its replicas are frozen meanwhile, or late in the run they may publish every row before the armed
+        # relay finds one (SKIP LOCKED shares them), and the fault would not bite.
+        others = [stack.components[r] for r in stack.replica_names("relay", "relay")[1:]]
+        for other in others:
+            if other.running:
+                os.kill(other.pid, signal.SIGSTOP)
         armed = stack.python_component(
             f"relay-armed-{self.faults[RELAY_KILL]}", "tests.faults.relay_fault", str(marker)
         )
-        await armed.start()
-        loop = asyncio.get_running_loop()
-        deadline, nudged = loop.time() + 30, False
-        while armed.running and loop.time() < deadline:
-            if not nudged and loop.time() > deadline - 22:
-                # Nothing to publish yet: one more order gives the armed relay a row.
-                nudged = True
-                extra = PlacedOrder(len(self.orders) + 10_000, PATHS[0], "cust-nudge")
-                self._track(self._place(http, extra))
-            await asyncio.sleep(0.05)
+        try:
+            await armed.start()
+            loop = asyncio.get_running_loop()
+            deadline, nudged = loop.time() + 30, False
+            while armed.running and loop.time() < deadline:
+                if not nudged and loop.time() > deadline - 22:
+                    # Nothing to publish yet: one more order gives the armed relay a row.
+                    nudged = True
+                    extra = PlacedOrder(len(self.orders) + 10_000, PATHS[0], "cust-nudge")
+                    self._track(self._place(http, extra))
+                await asyncio.sleep(0.05)
+        finally:
+            for other in others:
+                if other.running:
+                    os.kill(other.pid, signal.SIGCONT)
         died = armed.process is not None and armed.process.returncode == -9 and marker.exists()
         if died:
             armed.expect_exit()  # it killed itself at the seam, as designed
